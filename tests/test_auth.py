@@ -1,0 +1,359 @@
+"""Flight authentication through a real server, pyarrow's client and ADBC."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import adbc_driver_flightsql.dbapi as adbc
+import pyarrow.flight as flight
+import pytest
+from argon2 import PasswordHasher
+
+from gateway.auth import (
+    AUTH_REQUIRED,
+    MALFORMED_HEADER,
+    MIDDLEWARE_KEY,
+    AuthMiddlewareFactory,
+    LoginThrottle,
+    NoOpHandshake,
+    decode_basic,
+    middleware_from_context,
+    principal_of,
+)
+from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.state import StateStore, User
+from policy.principal import Principal
+
+FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+WRONG = "Wrong user name or password"
+EXPIRED = "Your session token has expired or is not valid; log in again"
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class WhoAmIServer(flight.FlightServerBase):  # type: ignore[misc]
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> list[bytes]:
+        middleware = middleware_from_context(context)
+        if action.type == "whoami":
+            return [middleware.principal.user.encode()]
+        if action.type == "attributes":
+            return [repr(dict(middleware.principal.attributes)).encode()]
+        return []
+
+
+def roles_checked(user: User) -> Principal:
+    if user.role == "ghost":
+        raise PermissionDeniedError(f"Role '{user.role}' is not in the policy.")
+    return principal_of(user)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.store_clock = Clock(1_700_000_000.0)
+        self.throttle_clock = Clock()
+        self.store = StateStore(tmp_path, hasher=FAST, clock=self.store_clock)
+        self.failures: list[tuple[str, str]] = []
+        self.throttle = LoginThrottle(
+            max_failures=5, window_s=60, lockout_s=30, clock=self.throttle_clock
+        )
+        self.factory = AuthMiddlewareFactory(
+            self.store,
+            roles_checked,
+            token_ttl_s=600,
+            on_login_failure=lambda user, reason: self.failures.append((user, reason)),
+            throttle=self.throttle,
+        )
+        self.server = WhoAmIServer(
+            "grpc://127.0.0.1:0",
+            auth_handler=NoOpHandshake(),
+            middleware={MIDDLEWARE_KEY: self.factory},
+        )
+        self.uri = f"grpc://127.0.0.1:{self.server.port}"
+
+    def client(self) -> flight.FlightClient:
+        return flight.FlightClient(self.uri)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.store.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    h.store.add_user("alice", "clinician", "password12", {"site": "north"})
+    h.store.add_user("carol", "analyst", "password33")
+    h.store.set_disabled("carol", True)
+    h.store.add_user("gus", "ghost", "password44")
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def whoami(client: flight.FlightClient, headers: list[tuple[bytes, bytes]]) -> str:
+    options = flight.FlightCallOptions(headers=headers)
+    results = list(client.do_action(flight.Action("whoami", b""), options))
+    return bytes(results[0].body.to_pybytes()).decode()
+
+
+def basic(user: str, password: str, *, padded: bool = True) -> list[tuple[bytes, bytes]]:
+    encoded = base64.b64encode(f"{user}:{password}".encode())
+    if not padded:
+        encoded = encoded.rstrip(b"=")
+    return [(b"authorization", b"Basic " + encoded)]
+
+
+def bearer(token: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {token}".encode())]
+
+
+def assert_clean(exc: BaseException, message: str) -> None:
+    text = str(exc)
+    assert message in text
+    assert "Traceback" not in text and 'File "' not in text
+
+
+# ---------------------------------------------------------------- pyarrow client
+
+
+def test_basic_token_then_bearer(harness: Harness) -> None:
+    client = harness.client()
+    key, value = client.authenticate_basic_token("alice", "password12")
+    assert key == b"authorization" and value.startswith(b"Bearer stk_")
+    assert whoami(client, [(key, value)]) == "alice"
+    token = value.decode().removeprefix("Bearer ")
+    assert harness.store.user_for_token(token).name == "alice"
+
+
+def test_attributes_reach_the_principal(harness: Harness) -> None:
+    client = harness.client()
+    header = client.authenticate_basic_token("alice", "password12")
+    options = flight.FlightCallOptions(headers=[header])
+    (result,) = client.do_action(flight.Action("attributes", b""), options)
+    assert result.body.to_pybytes() == b"{'site': 'north'}"
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_basic_header_on_a_call(harness: Harness, padded: bool) -> None:
+    headers = basic("alice", "password12", padded=padded)
+    assert headers[0][1].endswith(b"==") is padded  # 16 bytes of credentials need padding
+    assert whoami(harness.client(), headers) == "alice"
+
+
+def test_basic_scheme_is_case_insensitive(harness: Harness) -> None:
+    headers = [(b"authorization", b"basic " + base64.b64encode(b"alice:password12"))]
+    assert whoami(harness.client(), headers) == "alice"
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "reason"),
+    [
+        ("alice", "wrong-password", "wrong_password"),
+        ("nobody", "password12", "unknown_user"),
+        ("carol", "password33", "disabled"),
+    ],
+)
+def test_failed_logins_look_alike(harness: Harness, user: str, password: str, reason: str) -> None:
+    client = harness.client()
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        client.authenticate_basic_token(user, password)
+    assert_clean(info.value, WRONG)
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        whoami(client, basic(user, password))
+    assert_clean(info.value, WRONG)
+    assert harness.failures == [(user, reason), (user, reason)]
+
+
+def test_no_header(harness: Harness) -> None:
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        whoami(harness.client(), [])
+    assert_clean(info.value, AUTH_REQUIRED.rstrip("."))
+
+
+@pytest.mark.parametrize(
+    "value", [b"Digest abc", b"Basic !!!notbase64", b"Basic " + base64.b64encode(b"nocolon")]
+)
+def test_malformed_header(harness: Harness, value: bytes) -> None:
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        whoami(harness.client(), [(b"authorization", value)])
+    assert_clean(info.value, MALFORMED_HEADER.rstrip("."))
+
+
+def test_unknown_token(harness: Harness) -> None:
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        whoami(harness.client(), bearer("stk_madeup"))
+    assert_clean(info.value, EXPIRED)
+
+
+def test_expired_token(harness: Harness) -> None:
+    client = harness.client()
+    header = client.authenticate_basic_token("alice", "password12")
+    assert whoami(client, [header]) == "alice"
+    harness.store_clock.now += 601
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        whoami(client, [header])
+    assert_clean(info.value, EXPIRED)
+    assert harness.failures == []  # an expired session is not a failed login
+
+
+def test_revoked_when_disabled(harness: Harness) -> None:
+    client = harness.client()
+    header = client.authenticate_basic_token("alice", "password12")
+    harness.store.set_disabled("alice", True)
+    with pytest.raises(flight.FlightUnauthenticatedError, match=re.escape(EXPIRED)):
+        whoami(client, [header])
+
+
+def test_principal_for_refusal_is_reported(harness: Harness) -> None:
+    with pytest.raises(flight.FlightUnauthorizedError) as info:
+        harness.client().authenticate_basic_token("gus", "password44")
+    assert_clean(info.value, "Role 'ghost' is not in the policy")
+
+
+def test_lockout_after_repeated_failures(harness: Harness) -> None:
+    client = harness.client()
+    for _ in range(5):
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            client.authenticate_basic_token("alice", "bad-password")
+    # Locked: even the right password is refused, with the same message.
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        client.authenticate_basic_token("alice", "password12")
+    assert_clean(info.value, WRONG)
+    assert harness.failures[-1] == ("alice", "locked_out")
+    assert [r for _, r in harness.failures].count("wrong_password") == 5
+    # Other names are not affected.
+    harness.store.add_user("bob", "analyst", "password55")
+    assert whoami(client, [client.authenticate_basic_token("bob", "password55")]) == "bob"
+    # After the delay the right password works and clears the record.
+    harness.throttle_clock.now += 31
+    assert whoami(client, [client.authenticate_basic_token("alice", "password12")]) == "alice"
+    assert len(harness.throttle) == 0
+
+
+def test_failure_hook_errors_do_not_break_login(tmp_path: Path) -> None:
+    with StateStore(tmp_path, hasher=FAST) as store:
+        store.add_user("alice", "analyst", "password12")
+
+        def broken(user: str, reason: str) -> None:
+            raise RuntimeError("audit down")
+
+        factory = AuthMiddlewareFactory(store, principal_of, on_login_failure=broken)
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            factory.start_call(None, {"authorization": basic("alice", "nope")[0][1].decode()})
+        middleware = factory.start_call(
+            None, {"authorization": [basic("alice", "password12")[0][1]]}
+        )
+        assert middleware.user.name == "alice"
+        assert middleware.sending_headers()["authorization"].startswith("Bearer stk_")
+        assert "stk_" not in repr(middleware)
+
+
+def test_internal_errors_are_not_leaked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = StateStore(tmp_path, hasher=FAST)
+    store.add_user("alice", "analyst", "password12")
+    token = store.issue_token("alice", 60)
+    store.close()  # every use now fails inside the store
+    factory = AuthMiddlewareFactory(store, principal_of)
+    with pytest.raises(flight.FlightInternalError) as info:
+        factory.start_call(None, {"authorization": [f"Bearer {token}"]})
+    assert "incident" in str(info.value) and "closed" not in str(info.value)
+
+
+# ---------------------------------------------------------------- the throttle
+
+
+def test_throttle_delay_grows_and_resets() -> None:
+    clock = Clock(0.0)
+    t = LoginThrottle(max_failures=3, window_s=100, lockout_s=10, max_lockout_s=25, clock=clock)
+    for _ in range(3):
+        t.failure("Bob")
+    assert not t.allowed("bob")  # names are case-insensitive
+    clock.now = 10.0
+    assert t.allowed("bob")
+    t.failure("bob")  # failures are still recent: locked again, twice as long
+    clock.now = 29.0
+    assert not t.allowed("bob")
+    clock.now = 30.0
+    assert t.allowed("bob")
+    t.failure("bob")  # capped at max_lockout_s
+    clock.now = 54.0
+    assert not t.allowed("bob")
+    clock.now = 55.0
+    assert t.allowed("bob")
+    clock.now = 1_000.0  # the window has passed: counting starts over
+    t.failure("bob")
+    assert t.allowed("bob")
+
+
+def test_throttle_memory_is_bounded() -> None:
+    t = LoginThrottle(max_failures=1, max_entries=100)
+    for i in range(1_000):
+        t.failure(f"user{i}")
+    assert len(t) == 100
+    assert not t.allowed("user999") and t.allowed("user0")
+
+
+def test_decode_basic_edge_cases() -> None:
+    assert decode_basic(base64.b64encode(b"a:b:c").decode()) == ("a", "b:c")
+    assert decode_basic(base64.b64encode("é:ü".encode()).decode().rstrip("=")) == ("é", "ü")
+    with pytest.raises(AuthenticationError):
+        decode_basic(base64.b64encode(b"\xff\xfe:x").decode())
+
+
+def test_handshake_handler_accepts_anything() -> None:
+    handler = NoOpHandshake()
+    handler.authenticate(None, None)  # reads nothing, raises nothing
+    assert handler.is_valid(b"whatever") == b""
+
+
+# ---------------------------------------------------------------- ADBC
+
+
+def adbc_connect(uri: str, user: str, password: str) -> Any:
+    return adbc.connect(uri, db_kwargs={"username": user, "password": password})
+
+
+@pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
+def test_adbc_logs_in(harness: Harness) -> None:
+    conn = adbc_connect(harness.uri, "alice", "password12")
+    conn.close()
+    assert harness.failures == []
+
+
+@pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
+@pytest.mark.parametrize(("user", "password"), [("alice", "nope-nope"), ("nobody", "password12")])
+def test_adbc_wrong_credentials(harness: Harness, user: str, password: str) -> None:
+    # ADBC's Go driver logs in (Handshake, unpadded Basic) while connecting.
+    with pytest.raises(adbc.Error) as info:
+        conn = adbc_connect(harness.uri, user, password)
+        conn.close()
+    text = str(info.value)
+    assert "UNAUTHENTICATED" in text and WRONG in text and "Traceback" not in text
+    assert harness.failures == [(user, "wrong_password" if user == "alice" else "unknown_user")]
+
+
+def test_concurrent_calls(harness: Harness) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    harness.store.add_user("bob", "analyst", "password55")
+
+    def session(user: str, password: str) -> set[str]:
+        client = harness.client()
+        header = client.authenticate_basic_token(user, password)
+        return {whoami(client, [header]) for _ in range(25)}
+
+    logins = [("alice", "password12"), ("bob", "password55")] * 4
+    with ThreadPoolExecutor(8) as pool:
+        seen = list(pool.map(lambda c: session(*c), logins))
+    assert seen == [{user} for user, _ in logins]
