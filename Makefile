@@ -1,0 +1,35 @@
+# Stockade — the project's commands. `make demo` and `make test` work on a fresh
+# machine with Python 3.11 and access to PyPI.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test demo bench lint proto clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/stockade demo
+
+bench: install
+	$(PY) -m bench
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy policy gateway connectors
+
+proto: install
+	bash scripts/gen_proto.sh
+
+clean:
+	rm -rf $(VENV) demo-data bench/results .pytest_cache

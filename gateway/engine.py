@@ -1,0 +1,283 @@
+"""The locked-down DuckDB database that runs analyst SQL.
+
+At start the engine builds a small DuckDB file in the data directory holding one
+view per policy table (``"<dataset>"."<table>"`` over the connector's source) and
+the tables it had to copy (Arrow IPC files, in-process frames), then reopens it
+**read-only** and locks it down (invariant 4):
+
+- external access off, except the exact files and directories of the sources
+  (DuckDB's ``allowed_paths`` / ``allowed_directories``);
+- extension autoload/autoinstall off, community extensions off;
+- memory and thread limits, a private temp directory;
+- configuration locked, so analyst SQL cannot undo any of it.
+
+Queries run on a ``cursor()`` of the one warm database; each has a timeout
+enforced by interrupting its cursor. Engine errors are turned into
+:class:`gateway.errors.QueryFailedError` with quoted values scrubbed
+(invariant 5: errors never carry values of protected data).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from connectors._sql import identifier, string_literal
+from connectors.base import SourcePlan
+from gateway.errors import (
+    ConfigError,
+    ConnectorError,
+    QueryFailedError,
+    QueryTimeoutError,
+    StockadeError,
+)
+
+log = logging.getLogger("stockade.engine")
+
+_QUOTED_VALUE = re.compile(r"'(?:[^']|'')*'")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w.])", re.IGNORECASE)
+_SQL_CONTEXT = re.compile(r"\n\s*LINE \d+:.*", re.DOTALL)
+# Errors whose message may quote a value of the data.
+_VALUE_ERRORS = (
+    duckdb.ConversionException,
+    duckdb.OutOfRangeException,
+    duckdb.InvalidInputException,
+    duckdb.ConstraintException,
+    duckdb.DataError,
+)
+
+
+def scrub_message(message: str, *, values: bool) -> str:
+    """Drop DuckDB's echo of the SQL text and, if ``values``, every literal.
+
+    >>> scrub_message("Conversion Error: Could not convert string 'Alice' to INT32", values=True)
+    "Conversion Error: Could not convert string '…' to INT32"
+    >>> scrub_message("Overflow in multiplication of INT32 (2147483647 * 2)!", values=True)
+    'Overflow in multiplication of INT32 (… * …)!'
+    """
+    message = _SQL_CONTEXT.sub("", message).strip()
+    if values:
+        message = _QUOTED_VALUE.sub("'…'", message)
+        message = _NUMBER.sub("…", message)
+    return message
+
+
+def engine_error(exc: BaseException, *, timeout_s: float | None = None) -> StockadeError:
+    """The Stockade error for an exception raised by DuckDB."""
+    if isinstance(exc, StockadeError):
+        return exc
+    if isinstance(exc, duckdb.InterruptException):
+        return QueryTimeoutError(
+            f"Query stopped after {timeout_s:g} s, the time limit for your role. "
+            "Add filters or a LIMIT, or ask the data owner for a longer limit."
+            if timeout_s
+            else "Query was cancelled."
+        )
+    if isinstance(exc, duckdb.IOException | duckdb.PermissionException):
+        log.error("engine I/O error: %s", exc)
+        return ConnectorError("A data source of this domain cannot be read right now; "
+                              "the data owner has been told (see the server log).")
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return QueryFailedError("The query needs more memory than this domain allows; "
+                                "aggregate, filter or add a LIMIT.")
+    if isinstance(exc, duckdb.Error):
+        return QueryFailedError(scrub_message(str(exc), values=isinstance(exc, _VALUE_ERRORS)))
+    raise exc
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Resource limits of the analyst-facing DuckDB database."""
+
+    memory_limit: str = "4GB"
+    threads: int = 2
+    max_temp_directory_size: str = "20GB"
+
+
+class Engine:
+    """The locked, read-only DuckDB database of one domain."""
+
+    def __init__(self, work_dir: Path, *, limits: EngineLimits | None = None) -> None:
+        self.work_dir = Path(work_dir)
+        self.limits = limits or EngineLimits()
+        self._plans: dict[tuple[str, str], SourcePlan] = {}
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+
+    # -- building -------------------------------------------------------------------
+
+    def add_table(self, dataset: str, table: str, plan: SourcePlan) -> None:
+        if self._con is not None:
+            raise RuntimeError("tables are added before the engine starts")
+        self._plans[(dataset, table)] = plan
+
+    def start(self) -> None:
+        """Build the view database, reopen it read-only and lock it down."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        db_path = self.work_dir / "engine.duckdb"
+        temp_dir = self.work_dir / "engine-tmp"
+        for stale in (db_path, self.work_dir / "engine.duckdb.wal"):
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        temp_dir.mkdir()
+
+        build = duckdb.connect(str(db_path), config={"autoload_known_extensions": False,
+                                                      "autoinstall_known_extensions": False})
+        try:
+            self._run_setup(build)
+            for ds in sorted({ds for ds, _ in self._plans}):
+                build.execute(f"CREATE SCHEMA {identifier(ds)}")
+            for (ds, table), plan in self._plans.items():
+                name = f"{identifier(ds)}.{identifier(table)}"
+                try:
+                    if plan.arrow is not None:
+                        build.register("__stockade_arrow", plan.arrow)
+                        build.execute(f"CREATE TABLE {name} AS SELECT * FROM __stockade_arrow")
+                        build.unregister("__stockade_arrow")
+                    else:
+                        build.execute(f"CREATE VIEW {name} AS {plan.select}")
+                        build.execute(f"SELECT * FROM {name} LIMIT 0")
+                except duckdb.Error as exc:
+                    raise ConnectorError(
+                        f"Cannot read the source of table '{ds}.{table}' "
+                        f"({plan.description}): {scrub_message(str(exc), values=False)}"
+                    ) from None
+            build.execute("CHECKPOINT")
+        finally:
+            build.close()
+
+        paths = sorted({p for plan in self._plans.values() for p in plan.allowed_paths})
+        dirs = sorted({d for plan in self._plans.values() for d in plan.allowed_directories})
+        dirs.append(str(temp_dir) + "/")
+        con = duckdb.connect(str(db_path), read_only=True, config={
+            "autoload_known_extensions": False,
+            "autoinstall_known_extensions": False,
+        })
+        try:
+            self._run_setup(con)
+            for statement in (
+                f"SET memory_limit = {string_literal(self.limits.memory_limit)}",
+                f"SET threads = {int(self.limits.threads)}",
+                f"SET temp_directory = {string_literal(str(temp_dir))}",
+                "SET max_temp_directory_size = "
+                f"{string_literal(self.limits.max_temp_directory_size)}",
+                f"SET allowed_paths = [{', '.join(string_literal(p) for p in paths)}]",
+                f"SET allowed_directories = [{', '.join(string_literal(d) for d in dirs)}]",
+                "SET enable_external_access = false",
+                "SET allow_community_extensions = false",
+                "SET lock_configuration = true",
+            ):
+                con.execute(statement)
+        except (duckdb.Error, ValueError) as exc:
+            con.close()
+            raise ConfigError(f"Cannot configure the engine: {exc}") from None
+        self._con = con
+        # Warm the database: the first query on a fresh database is slow.
+        self.cursor().execute("SELECT 1").fetchall()
+
+    def _run_setup(self, con: duckdb.DuckDBPyConnection) -> None:
+        for (ds, table), plan in self._plans.items():
+            for statement in plan.setup:
+                try:
+                    con.execute(statement)
+                except duckdb.Error as exc:
+                    raise ConnectorError(
+                        f"Cannot open the source of table '{ds}.{table}' "
+                        f"({plan.description}): {scrub_message(str(exc), values=False)}"
+                    ) from None
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    # -- reading --------------------------------------------------------------------
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise RuntimeError("engine not started")
+        with self._lock:
+            return self._con.cursor()
+
+    def tables(self) -> Sequence[tuple[str, str]]:
+        return list(self._plans)
+
+    def columns(self, dataset: str, table: str) -> dict[str, str]:
+        """Column name → DuckDB type name of a source table, in order."""
+        rows = self.cursor().execute(
+            f"DESCRIBE SELECT * FROM {identifier(dataset)}.{identifier(table)}"
+        ).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
+        return self.result_schema(f"SELECT * FROM {identifier(dataset)}.{identifier(table)}")
+
+    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+        """The Arrow schema of ``sql``'s result, without running it."""
+        cur = self.cursor()
+        try:
+            rel = cur.sql(sql, params=list(parameters) if parameters else None)
+            return rel.limit(0).to_arrow_table().schema
+        except duckdb.Error as exc:
+            raise engine_error(exc) from None
+        finally:
+            cur.close()
+
+    def execute(
+        self,
+        sql: str,
+        parameters: Sequence[Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        batch_rows: int = 65_536,
+    ) -> pa.RecordBatchReader:
+        """Run ``sql`` and stream its result; the timeout covers the whole stream."""
+        cur = self.cursor()
+        timer = None
+        if timeout_s:
+            timer = threading.Timer(timeout_s, cur.interrupt)
+            timer.daemon = True
+            timer.start()
+        started = time.monotonic()
+        try:
+            rel = cur.sql(sql, params=list(parameters) if parameters else None)
+            reader = rel.to_arrow_reader(batch_rows)
+        except BaseException as exc:
+            if timer:
+                timer.cancel()
+            cur.close()
+            if isinstance(exc, duckdb.Error):
+                raise engine_error(exc, timeout_s=timeout_s) from None
+            raise
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        return
+                    except (duckdb.Error, pa.ArrowException) as exc:
+                        if timer is not None and time.monotonic() - started >= timeout_s:  # type: ignore[operator]
+                            raise engine_error(duckdb.InterruptException(), timeout_s=timeout_s) from None
+                        if isinstance(exc, duckdb.Error):
+                            raise engine_error(exc, timeout_s=timeout_s) from None
+                        raise QueryFailedError(scrub_message(str(exc), values=True)) from None
+                    yield batch
+            finally:
+                if timer:
+                    timer.cancel()
+                reader.close()
+                cur.close()
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())

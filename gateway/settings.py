@@ -1,0 +1,115 @@
+"""Every setting of a domain gateway, declared once.
+
+Each setting has a name, a default, a type and a help text. Values come from,
+in order of precedence: command-line flags, ``STOCKADE_<NAME>`` environment
+variables, the defaults. A setting without a default must be given.
+
+>>> s = load_settings({"policy": "p.yaml", "data_dir": "/tmp/x", "port": "0"}, env={})
+>>> s.port, s.host
+(0, '127.0.0.1')
+>>> load_settings({}, env={})
+Traceback (most recent call last):
+...
+gateway.errors.ConfigError: Setting 'policy' is missing and has no default: pass --policy FILE or set STOCKADE_POLICY.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from gateway.errors import ConfigError
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    cast: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "STOCKADE_" + self.name.upper()
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("a port is between 0 and 65535")
+    return port
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("policy", _REQUIRED, str, "the policy YAML file", "FILE"),
+    Setting("data_dir", _REQUIRED, str,
+            "directory of the state store (users, tokens) and the engine's files", "DIR"),
+    Setting("host", "127.0.0.1", str, "address to listen on"),
+    Setting("port", 8815, _port, "port to listen on; 0 picks any free port"),
+    Setting("tls_cert", None, str, "PEM certificate chain; with --tls-key, serve grpc+tls",
+            "FILE"),
+    Setting("tls_key", None, str, "PEM private key of --tls-cert", "FILE"),
+    Setting("token_ttl_s", 3600, _positive, "lifetime of a bearer token, in seconds"),
+    Setting("memory_limit", "4GB", str, "DuckDB memory limit for analyst queries"),
+    Setting("threads", 2, _positive, "DuckDB threads for analyst queries"),
+    Setting("max_batch_bytes", 4 * 1024 * 1024, _positive,
+            "largest Arrow record batch sent to a client (ADBC refuses messages over 16 MiB)"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: str
+    data_dir: str
+    host: str
+    port: int
+    tls_cert: str | None
+    tls_key: str | None
+    token_ttl_s: int
+    memory_limit: str
+    threads: int
+    max_batch_bytes: int
+
+
+def load_settings(given: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting from ``given`` (flags), ``env`` and the defaults."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = given.get(setting.name)
+        source = setting.flag
+        if raw is None and setting.env in env:
+            raw, source = env[setting.env], setting.env
+        if raw is None:
+            if setting.default is _REQUIRED:
+                metavar = f" {setting.metavar}" if setting.metavar else ""
+                raise ConfigError(
+                    f"Setting '{setting.name}' is missing and has no default: "
+                    f"pass {setting.flag}{metavar} or set {setting.env}."
+                )
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = setting.cast(str(raw)) if not isinstance(raw, int) else raw
+        except ValueError as exc:
+            raise ConfigError(f"Bad value {raw!r} for {source}: {exc}") from None
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key.")
+    assert {f.name for f in fields(Settings)} == set(values)
+    return Settings(**values)
