@@ -20,6 +20,8 @@ from connectors.base import SourcePlan
 from gateway.errors import ConnectorError
 
 _GLOB_CHARS = set("*?[")
+# Policy keys that differ from the DuckDB reader's parameter name.
+_PARAMETER = {"json_format": "format"}
 
 
 def resolve_path(source: Mapping[str, Any], base_dir: Path) -> tuple[str, bool]:
@@ -46,6 +48,7 @@ def _options(source: Mapping[str, Any], allowed: Mapping[str, type]) -> str:
         if key not in source:
             continue
         value = source[key]
+        key = _PARAMETER.get(key, key)
         if kind is bool:
             parts.append(f"{key} = {'true' if value else 'false'}")
         elif kind is int:
@@ -85,8 +88,8 @@ CSV = _ReaderConnector(
      "timestampformat": str, "sample_size": int, "all_varchar": bool},
 )
 JSON = _ReaderConnector(
-    "json", "read_json", "JSON or newline-delimited JSON file(s); option: format",
-    {"format": str, "sample_size": int},
+    "json", "read_json", "JSON or newline-delimited JSON file(s); option: json_format",
+    {"json_format": str, "sample_size": int},
 )
 
 

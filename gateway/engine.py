@@ -268,8 +268,10 @@ class Engine:
                     except StopIteration:
                         return
                     except (duckdb.Error, pa.ArrowException) as exc:
-                        if timer is not None and time.monotonic() - started >= timeout_s:  # type: ignore[operator]
-                            raise engine_error(duckdb.InterruptException(), timeout_s=timeout_s) from None
+                        expired = timeout_s and time.monotonic() - started >= timeout_s
+                        if expired:
+                            interrupted = duckdb.InterruptException()
+                            raise engine_error(interrupted, timeout_s=timeout_s) from None
                         if isinstance(exc, duckdb.Error):
                             raise engine_error(exc, timeout_s=timeout_s) from None
                         raise QueryFailedError(scrub_message(str(exc), values=True)) from None

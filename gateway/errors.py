@@ -86,7 +86,7 @@ class SqlError(InputError):
         self.col = col
         self.highlight = highlight
         if line is not None and col is not None:
-            message = f"{message} (line {line}, column {col})"
+            message = f"{message.rstrip('.')} (line {line}, column {col})"
         super().__init__(message)
 
 

@@ -62,6 +62,7 @@ class _Unimplemented(_WireError, NotImplementedError):
 
 
 for _cls in (_InvalidArgument, _NotFound, _Unimplemented):
+    _cls.__module__ = "builtins"
     _cls.__qualname__ = "StockadeError"
 
 

@@ -1,0 +1,168 @@
+"""A domain: its policy, its locked engine and its state store, without the wire.
+
+:class:`Domain` answers "what may this principal see" and "run this SQL as this
+principal" for the Flight SQL server in :mod:`gateway.server`, and is usable on
+its own (tests, the embedding API, the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import connectors
+from gateway.engine import Engine, EngineLimits
+from gateway.errors import PermissionDeniedError
+from gateway.state import StateStore, User
+from policy.access import TableAccess, catalog_for
+from policy.loader import check_against_schemas, load_policy
+from policy.model import Policy
+from policy.pipeline import QueryPlan, plan_query
+from policy.principal import Principal
+
+log = logging.getLogger("stockade.domain")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+@dataclass(frozen=True)
+class VisibleTable:
+    """A table as one principal sees it."""
+
+    dataset: str
+    name: str
+    access: TableAccess
+    schema: pa.Schema  # exactly the columns and types a SELECT * returns to them
+    description: str
+
+
+class Domain:
+    """One domain gateway's data plane."""
+
+    def __init__(self, policy: Policy, engine: Engine, store: StateStore) -> None:
+        self.policy = policy
+        self.engine = engine
+        self.store = store
+        self.schemas: dict[tuple[str, str], dict[str, str]] = {
+            key: engine.columns(*key) for key in engine.tables()
+        }
+        check_against_schemas(policy, self.schemas)
+        self._schema_cache: dict[tuple[str, str, str], pa.Schema] = {}
+        self._cache_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        policy_path: str | Path,
+        data_dir: str | Path,
+        *,
+        limits: EngineLimits | None = None,
+    ) -> Domain:
+        """Load the policy, build and lock the engine, open the state store."""
+        policy = load_policy(policy_path)
+        data_dir = Path(data_dir)
+        engine = Engine(data_dir / "engine", limits=limits)
+        base_dir = Path(policy_path).resolve().parent
+        for number, (ds_name, dataset) in enumerate(sorted(policy.datasets.items())):
+            for t_number, (t_name, table) in enumerate(sorted(dataset.tables.items())):
+                options = {k: v for k, v in asdict(table.source).items() if v is not None}
+                connector = connectors.get(table.source.format)
+                alias = f"src_{number}_{t_number}_{_UNSAFE.sub('_', t_name)}"
+                plan = connector.plan(options, base_dir=base_dir, alias=alias)
+                engine.add_table(ds_name, t_name, plan)
+        engine.start()
+        store = StateStore(data_dir)
+        try:
+            return cls(policy, engine, store)
+        except BaseException:
+            engine.close()
+            raise
+
+    def close(self) -> None:
+        self.engine.close()
+        self.store.close()
+
+    @property
+    def name(self) -> str:
+        return self.policy.domain.name
+
+    # -- who ------------------------------------------------------------------------
+
+    def principal_for(self, user: User) -> Principal:
+        """The principal of an authenticated user; their role must be in the policy."""
+        if user.role not in self.policy.roles:
+            raise PermissionDeniedError(
+                f"Your role '{user.role}' is not in this domain's policy; "
+                "ask the data owner to fix your account."
+            )
+        return Principal(user.name, user.role, user.attributes)
+
+    # -- what they see --------------------------------------------------------------
+
+    def catalog(self, principal: Principal) -> list[VisibleTable]:
+        """The tables ``principal`` may see, with the schema they would get."""
+        tables = []
+        for (ds, name), access in sorted(catalog_for(self.policy, principal).items()):
+            if (ds, name) not in self.schemas:
+                continue
+            tables.append(VisibleTable(
+                dataset=ds,
+                name=name,
+                access=access,
+                schema=self._visible_schema(principal, ds, name),
+                description=self.policy.datasets[ds].tables[name].description or "",
+            ))
+        return tables
+
+    def _visible_schema(self, principal: Principal, ds: str, name: str) -> pa.Schema:
+        key = (principal.role, ds, name)
+        with self._cache_lock:
+            cached = self._schema_cache.get(key)
+        if cached is not None:
+            return cached
+        plan = self.plan(principal, f'SELECT * FROM "{ds}"."{name}"', for_schema=True)
+        schema = self.engine.result_schema(plan.sql)
+        with self._cache_lock:
+            self._schema_cache[key] = schema
+        return schema
+
+    # -- what they run --------------------------------------------------------------
+
+    def plan(self, principal: Principal, sql: str, *, for_schema: bool = False) -> QueryPlan:
+        return plan_query(
+            sql,
+            policy=self.policy,
+            principal=principal,
+            schemas=self.schemas,
+            max_rows=None if for_schema else self.policy.limits_for(principal.role).max_rows,
+        )
+
+    def result_schema(
+        self, principal: Principal, sql: str, parameters: Sequence[Any] | None = None
+    ) -> pa.Schema:
+        plan = self.plan(principal, sql)
+        params = list(parameters) if parameters is not None else [None] * plan.parameter_count
+        return self.engine.result_schema(plan.sql, params or None)
+
+    def execute(
+        self, principal: Principal, sql: str, parameters: Sequence[Any] | None = None
+    ) -> pa.RecordBatchReader:
+        plan = self.plan(principal, sql)
+        limits = self.policy.limits_for(principal.role)
+        log.info("query by %s: %s", principal.user, plan.sql)
+        return self.engine.execute(plan.sql, parameters or None, timeout_s=limits.timeout_s)
+
+
+def parameter_values(batch: pa.RecordBatch | None) -> list[Any] | None:
+    """The values of a one-row parameter batch, in column order."""
+    if batch is None or batch.num_columns == 0:
+        return None
+    return [batch.column(i)[0].as_py() for i in range(batch.num_columns)]
+

@@ -1,0 +1,188 @@
+"""The policy file as frozen dataclasses.
+
+A :class:`Policy` is what :func:`policy.loader.load_policy` returns: plain data,
+already validated, with relative source paths resolved and ``{"$env": NAME}``
+secrets read. Nothing here does I/O.
+
+>>> Limits().max_rows, Limits().timeout_s
+(1000000, 60.0)
+>>> Limits(max_rows=10).merged(LimitsOverride(timeout_s=5.0))
+Limits(max_rows=10, timeout_s=5.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+#: Access modes, from least to most permissive for row-level reads.
+MODES = ("deny", "raw", "aggregate", "dp")
+
+#: Source formats a table may be read from (``postgres`` and ``sqlite`` through
+#: DuckDB's scanner extensions).
+FORMATS = ("parquet", "csv", "json", "arrow", "duckdb", "postgres", "sqlite")
+
+#: Formats whose ``path`` is a file relative to the policy file.
+FILE_FORMATS = ("parquet", "csv", "json", "arrow", "duckdb", "sqlite")
+
+
+def _frozen_map(value: Mapping[str, object] | None) -> Mapping[str, object]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Result-size and time limits for one query."""
+
+    max_rows: int = 1_000_000
+    timeout_s: float = 60.0
+
+    def merged(self, override: LimitsOverride | None) -> Limits:
+        """These limits with the fields ``override`` sets replaced."""
+        if override is None:
+            return self
+        return Limits(
+            max_rows=self.max_rows if override.max_rows is None else override.max_rows,
+            timeout_s=self.timeout_s if override.timeout_s is None else override.timeout_s,
+        )
+
+
+@dataclass(frozen=True)
+class LimitsOverride:
+    """Per-role limits; ``None`` keeps the domain's value."""
+
+    max_rows: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a table's rows come from.
+
+    ``path`` is absolute (resolved against the policy file's directory) for file
+    formats; ``table`` names a table inside a database source; ``dsn`` is a
+    connection string (usually given as a ``{"$env": NAME}`` secret).
+    """
+
+    format: str
+    path: str | None = None
+    table: str | None = None
+    dsn: str | None = None
+
+
+@dataclass(frozen=True)
+class ColumnPolicy:
+    """What the policy says about one column of a table."""
+
+    hidden: bool = False
+    mask: str | None = None
+    lower: float | None = None
+    upper: float | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    source: Source
+    description: str = ""
+    privacy_unit: str | None = None
+    max_rows_per_unit: int | None = None
+    row_filter: str | None = None
+    columns: Mapping[str, ColumnPolicy] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", _frozen_map(self.columns))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    tables: Mapping[str, Table]
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tables", _frozen_map(self.tables))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A role's privacy budget for one dataset (used by ``dp`` mode)."""
+
+    epsilon: float
+    delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class TableGrant:
+    """A role's per-table override inside a dataset grant.
+
+    ``mode`` ``None`` keeps the dataset grant's mode.
+    """
+
+    mode: str | None = None
+    row_filter: str | None = None
+    hidden: tuple[str, ...] = ()
+    min_group_size: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetGrant:
+    """What a role may do with one dataset."""
+
+    mode: str
+    row_filter: str | None = None
+    min_group_size: int | None = None
+    epsilon_per_query: float | None = None
+    budget: Budget | None = None
+    tables: Mapping[str, TableGrant] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tables", _frozen_map(self.tables))
+
+
+@dataclass(frozen=True)
+class Role:
+    """A role: its dataset grants, whether it is an admin, its limit overrides.
+
+    An admin role sees every dataset in ``raw`` mode, except the datasets it
+    lists, which use the listed grant (so an admin can still be denied one).
+    """
+
+    name: str
+    datasets: Mapping[str, DatasetGrant] = field(default_factory=dict)
+    admin: bool = False
+    description: str = ""
+    limits: LimitsOverride | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "datasets", _frozen_map(self.datasets))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A whole, validated policy file."""
+
+    domain: Domain
+    datasets: Mapping[str, Dataset]
+    roles: Mapping[str, Role]
+    version: int = 1
+    limits: Limits = field(default_factory=Limits)
+    file: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "datasets", _frozen_map(self.datasets))
+        object.__setattr__(self, "roles", _frozen_map(self.roles))
+
+    def limits_for(self, role: str) -> Limits:
+        """The domain limits with the role's overrides applied."""
+        found = self.roles.get(role)
+        return self.limits.merged(found.limits if found else None)

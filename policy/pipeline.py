@@ -1,0 +1,134 @@
+r"""From the analyst's SQL to the DuckDB SQL the engine runs, under the policy.
+
+:func:`plan_query` parses the SQL, then runs :data:`RULES` in order, each a pure
+function of the expression and the policy context.
+
+>>> from policy.loader import parse_policy
+>>> from policy.principal import Principal
+>>> policy = parse_policy('''
+... version: 1
+... domain: {name: d}
+... datasets:
+...   s:
+...     tables:
+...       t:
+...         source: {format: csv, path: t.csv}
+...         columns: {pid: {hidden: true}}
+... roles:
+...   reader: {datasets: {s: {mode: raw, row_filter: "site = {user.site}"}}}
+... ''', base_dir="/")
+>>> plan = plan_query("SELECT * FROM t WHERE age > ?", policy=policy,
+...     principal=Principal("u", "reader", {"site": "x"}),
+...     schemas={("s", "t"): {"pid": "INTEGER", "site": "VARCHAR", "age": "INTEGER"}},
+...     max_rows=100)
+>>> print(plan.sql.replace(" FROM", "\nFROM").replace(" WHERE", "\nWHERE"))
+SELECT "t"."site" AS "site", "t"."age" AS "age"
+FROM (SELECT "t"."site", "t"."age"
+FROM "s"."t"
+WHERE ("t"."site" = 'x')) AS "t"
+WHERE "t"."age" > ? LIMIT 100
+>>> plan.tables, plan.parameter_count
+((TableUse(dataset='s', table='t', mode='raw'),), 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from gateway.errors import StockadeError
+from policy.access import catalog_for
+from policy.model import Policy
+from policy.principal import Principal
+from policy.rules.apply_table_policy import apply_table_policy
+from policy.rules.check_functions import check_functions
+from policy.rules.check_modes import check_modes
+from policy.rules.enforce_limits import enforce_limits
+from policy.rules.parse import parse
+from policy.rules.qualify_columns import qualify_columns
+from policy.rules.resolve_tables import resolve_tables
+from policy.rules.validate_statement import validate_statement
+from policy.schema import Schemas, access_for
+
+Rule = Callable[..., exp.Expr]
+
+#: The policy rules, in the order they run after :func:`parse`.
+RULES: tuple[Rule, ...] = (
+    validate_statement,
+    resolve_tables,
+    check_modes,
+    check_functions,
+    qualify_columns,
+    apply_table_policy,
+    enforce_limits,
+)
+
+
+@dataclass(frozen=True)
+class TableUse:
+    """One protected table a query reads, and the mode it is read in."""
+
+    dataset: str
+    table: str
+    mode: str
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """What to execute: DuckDB SQL (identifiers quoted) and what it touches."""
+
+    sql: str
+    expression: exp.Expr
+    tables: tuple[TableUse, ...]
+    parameter_count: int
+
+
+def _placeholders(expression: exp.Expr) -> list[str]:
+    return [p.sql(dialect="duckdb") for p in expression.find_all(exp.Placeholder)]
+
+
+def plan_query(
+    sql: str,
+    *,
+    policy: Policy,
+    principal: Principal,
+    schemas: Schemas,
+    dialect: str = "duckdb",
+    max_rows: int | None = None,
+) -> QueryPlan:
+    """Check ``sql`` against the policy for ``principal`` and rewrite it for DuckDB.
+
+    ``max_rows`` defaults to the role's limit from the policy.
+    """
+    expression = parse(sql, dialect=dialect)
+    parameters = _placeholders(expression)
+    catalog = catalog_for(policy, principal)
+    if max_rows is None:
+        max_rows = policy.limits_for(principal.role).max_rows
+    context = {
+        "policy": policy,
+        "principal": principal,
+        "schemas": schemas,
+        "catalog": catalog,
+        "max_rows": max_rows,
+    }
+    uses: list[TableUse] = []
+    for rule in RULES:
+        if rule is apply_table_policy:
+            for table in expression.find_all(exp.Table):
+                if table.db:
+                    access = access_for(catalog, table)
+                    use = TableUse(access.dataset, access.table, access.mode)
+                    if use not in uses:
+                        uses.append(use)
+        expression = rule(expression, **context)
+    if _placeholders(expression) != parameters:
+        raise StockadeError("The rewrite changed the query's parameters")
+    return QueryPlan(
+        sql=expression.sql(dialect="duckdb", identify=True),
+        expression=expression,
+        tables=tuple(uses),
+        parameter_count=len(parameters),
+    )
