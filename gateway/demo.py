@@ -127,7 +127,8 @@ def run_demo(directory: Path, *, host: str, port: int, rows: int) -> int:
     print(textwrap.dedent(f"""
         Connect from Python (ADBC):
             import adbc_driver_flightsql.dbapi as flight_sql
-            conn = flight_sql.connect("{url}", db_kwargs={{"username": "{user}", "password": "{password}"}})
+            conn = flight_sql.connect("{url}", db_kwargs={{"username": "{user}", "password": "{password}"}},
+                              autocommit=True)
             cur = conn.cursor()
             cur.execute("SELECT site, count(*) AS n FROM oncology.screenings GROUP BY site")
             print(cur.fetch_arrow_table())

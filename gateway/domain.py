@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
@@ -29,6 +30,8 @@ from policy.principal import Principal
 
 log = logging.getLogger("stockade.domain")
 
+K = TypeVar("K")
+V = TypeVar("V")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -56,6 +59,10 @@ class Domain:
         check_against_schemas(policy, self.schemas)
         self._schema_cache: dict[tuple[str, str, str], pa.Schema] = {}
         self._cache_lock = threading.Lock()
+        # Plans depend only on (policy, principal, SQL): an analyst's GetFlightInfo and
+        # DoGet of the same query, and any repeat of it, are planned once.
+        self._plans: LruCache[tuple[Any, ...], QueryPlan] = LruCache(4096)
+        self._result_schemas: LruCache[tuple[Any, ...], pa.Schema] = LruCache(4096)
 
     @classmethod
     def open(
@@ -136,20 +143,33 @@ class Domain:
     # -- what they run --------------------------------------------------------------
 
     def plan(self, principal: Principal, sql: str, *, for_schema: bool = False) -> QueryPlan:
-        return plan_query(
+        key = (principal.user, principal.role, tuple(sorted(principal.attributes.items())),
+               sql, for_schema)
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached
+        plan = plan_query(
             sql,
             policy=self.policy,
             principal=principal,
             schemas=self.schemas,
             max_rows=None if for_schema else self.policy.limits_for(principal.role).max_rows,
         )
+        self._plans.put(key, plan)
+        return plan
 
     def result_schema(
         self, principal: Principal, sql: str, parameters: Sequence[Any] | None = None
     ) -> pa.Schema:
         plan = self.plan(principal, sql)
         params = list(parameters) if parameters is not None else [None] * plan.parameter_count
-        return self.engine.result_schema(plan.sql, params or None)
+        key = (plan.sql, tuple(type(p).__name__ for p in params))
+        cached = self._result_schemas.get(key)
+        if cached is not None:
+            return cached
+        schema = self.engine.result_schema(plan.sql, params or None)
+        self._result_schemas.put(key, schema)
+        return schema
 
     def execute(
         self, principal: Principal, sql: str, parameters: Sequence[Any] | None = None
@@ -158,6 +178,35 @@ class Domain:
         limits = self.policy.limits_for(principal.role)
         log.info("query by %s: %s", principal.user, plan.sql)
         return self.engine.execute(plan.sql, parameters or None, timeout_s=limits.timeout_s)
+
+
+class LruCache(Generic[K, V]):
+    """A small thread-safe least-recently-used map.
+
+    >>> c = LruCache(2); c.put("a", 1); c.put("b", 2); c.get("a"); c.put("c", 3)
+    1
+    >>> c.get("b") is None, c.get("a"), c.get("c")
+    (True, 1, 3)
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 def parameter_values(batch: pa.RecordBatch | None) -> list[Any] | None:

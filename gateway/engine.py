@@ -95,6 +95,48 @@ def engine_error(exc: BaseException, *, timeout_s: float | None = None) -> Stock
     raise exc
 
 
+class Watchdog:
+    """One thread that interrupts cursors whose deadline has passed.
+
+    Cheaper than a timer thread per query (the round trip of a small query matters).
+    """
+
+    def __init__(self) -> None:
+        self._deadlines: dict[int, tuple[float, duckdb.DuckDBPyConnection]] = {}
+        self._next = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, timeout_s: float, cursor: duckdb.DuckDBPyConnection) -> int:
+        with self._cond:
+            self._next += 1
+            self._deadlines[self._next] = (time.monotonic() + timeout_s, cursor)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stockade-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._next
+
+    def disarm(self, handle: int) -> None:
+        with self._cond:
+            self._deadlines.pop(handle, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for handle, (deadline, cursor) in list(self._deadlines.items()):
+                    if deadline <= now:
+                        del self._deadlines[handle]
+                        try:
+                            cursor.interrupt()
+                        except duckdb.Error:  # pragma: no cover - cursor already closed
+                            pass
+                soonest = min((d for d, _ in self._deadlines.values()), default=now + 3600)
+                self._cond.wait(max(soonest - now, 0.001))
+
+
 @dataclass(frozen=True)
 class EngineLimits:
     """Resource limits of the analyst-facing DuckDB database."""
@@ -113,6 +155,7 @@ class Engine:
         self._plans: dict[tuple[str, str], SourcePlan] = {}
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
+        self._watchdog = Watchdog()
 
     # -- building -------------------------------------------------------------------
 
@@ -243,18 +286,14 @@ class Engine:
     ) -> pa.RecordBatchReader:
         """Run ``sql`` and stream its result; the timeout covers the whole stream."""
         cur = self.cursor()
-        timer = None
-        if timeout_s:
-            timer = threading.Timer(timeout_s, cur.interrupt)
-            timer.daemon = True
-            timer.start()
+        watch = self._watchdog.arm(timeout_s, cur) if timeout_s else None
         started = time.monotonic()
         try:
             rel = cur.sql(sql, params=list(parameters) if parameters else None)
             reader = rel.to_arrow_reader(batch_rows)
         except BaseException as exc:
-            if timer:
-                timer.cancel()
+            if watch is not None:
+                self._watchdog.disarm(watch)
             cur.close()
             if isinstance(exc, duckdb.Error):
                 raise engine_error(exc, timeout_s=timeout_s) from None
@@ -277,8 +316,8 @@ class Engine:
                         raise QueryFailedError(scrub_message(str(exc), values=True)) from None
                     yield batch
             finally:
-                if timer:
-                    timer.cancel()
+                if watch is not None:
+                    self._watchdog.disarm(watch)
                 reader.close()
                 cur.close()
 

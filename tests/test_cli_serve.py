@@ -114,3 +114,54 @@ def test_serve_reports_a_bad_policy_without_traceback(tmp_path: Path):
     assert proc.returncode == 2
     assert "admn" in proc.stderr and "admin" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    proc = subprocess.Popen(
+        [*STOCKADE, "demo", "--dir", str(tmp_path), "--port", "0", "--rows", "4000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        text = "".join(lines)
+        url = re.search(r"^st_marys listening on (grpc://127\.0\.0\.1:\d+)$", text, re.M)
+        logins = dict(
+            (m.group(1), m.group(2)) for m in re.finditer(r"^login: (\S+) (\S+) \S+$", text, re.M)
+        )
+        assert url and {"owner", "rita", "carl"} <= set(logins), text
+        assert "jdbc:arrow-flight-sql://" in text
+        conn = flight_sql.connect(url.group(1), autocommit=True,
+                                  db_kwargs={"username": "carl", "password": logins["carl"]})
+        cur = conn.cursor()
+        cur.execute("SELECT DISTINCT site FROM oncology.screenings")
+        assert cur.fetchall() == [("north",)]
+        cur.close()
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_policy_check_reports_ok_and_errors(test_root: Path, tmp_path: Path):
+    ok = subprocess.run([*STOCKADE, "policy", "check", str(test_root / "policy.yaml")],
+                        capture_output=True, text=True, env=_env(), timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout and "st_marys" in ok.stdout
+    bad = tmp_path / "policy.yaml"
+    bad.write_text((test_root / "policy.yaml").read_text().replace(
+        "zip: {mask:", "zipp: {mask:"))
+    (tmp_path / "data").symlink_to(test_root / "data")
+    proc = subprocess.run([*STOCKADE, "policy", "check", str(bad)],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert "zipp" in proc.stderr and "Did you mean 'zip'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
