@@ -39,8 +39,15 @@ class SourcePlan:
 class Connector(Protocol):
     """A kind of data source, selected by ``source: {format: NAME}``."""
 
-    format: str
-    help: str
+    @property
+    def format(self) -> str:
+        """The name used in ``source: {format: NAME}``."""
+        ...
+
+    @property
+    def help(self) -> str:
+        """One line for docs and error messages."""
+        ...
 
     def plan(self, source: Mapping[str, Any], *, base_dir: Path, alias: str) -> SourcePlan:
         """Return the plan for ``source``; ``alias`` is a unique SQL-safe name the

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,19 +49,17 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
 class _temporary_dir:
     def __init__(self, given: str | None) -> None:
         self.given = given
-        self._tmp: object | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> Path:
         if self.given:
             return Path(self.given)
-        import tempfile
-
         self._tmp = tempfile.TemporaryDirectory(prefix="stockade-check-")
-        return Path(self._tmp.name)  # type: ignore[attr-defined]
+        return Path(self._tmp.name)
 
     def __exit__(self, *exc: object) -> None:
         if self._tmp is not None:
-            self._tmp.cleanup()  # type: ignore[attr-defined]
+            self._tmp.cleanup()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -50,7 +50,7 @@ roles:
   owner: {admin: true}
 """
 
-DEMO_USERS = (
+DEMO_USERS: tuple[tuple[str, str, str, dict[str, str]], ...] = (
     ("owner", "owner", "owner-demo-pw", {}),
     ("rita", "researcher", "rita-demo-pw", {}),
     ("carl", "clinician", "carl-demo-pw", {"site": "north"}),

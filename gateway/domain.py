@@ -20,7 +20,8 @@ import pyarrow as pa
 
 import connectors
 from gateway.engine import Engine, EngineLimits
-from gateway.errors import PermissionDeniedError
+from gateway.errors import PermissionDeniedError, StockadeError
+from gateway.parameters import placeholder_types
 from gateway.state import StateStore, User
 from policy.access import TableAccess, catalog_for
 from policy.loader import check_against_schemas, load_policy
@@ -170,6 +171,24 @@ class Domain:
         schema = self.engine.result_schema(plan.sql, params or None)
         self._result_schemas.put(key, schema)
         return schema
+
+    def parameter_schema(self, principal: Principal, sql: str) -> pa.Schema:
+        """The schema of ``sql``'s parameters, typed where the query tells."""
+        plan = self.plan(principal, sql)
+        schema: dict[str, dict[str, dict[str, str]]] = {}
+        for (ds, table), columns in self.schemas.items():
+            schema.setdefault(ds, {})[table] = dict(columns)
+        fields = []
+        for i, duck_type in enumerate(placeholder_types(plan.expression, schema)):
+            arrow_type = pa.null()
+            if duck_type is not None:
+                try:
+                    arrow_type = self.engine.result_schema(
+                        f"SELECT CAST(NULL AS {duck_type}) AS p").field(0).type
+                except StockadeError:
+                    arrow_type = pa.null()
+            fields.append(pa.field(f"${i + 1}", arrow_type))
+        return pa.schema(fields)
 
     def execute(
         self, principal: Principal, sql: str, parameters: Sequence[Any] | None = None

@@ -90,35 +90,32 @@ def to_flight_error(exc: BaseException) -> BaseException:
     >>> type(e).__name__, str(e)
     ('FlightUnauthenticatedError', 'Wrong password')
     """
-    if isinstance(exc, flight.FlightError):
+    already_flight = isinstance(exc, flight.FlightError)
+    if already_flight:
         return exc
     if not isinstance(exc, StockadeError):
         incident = uuid.uuid4().hex[:12]
         log.error("internal error %s", incident, exc_info=exc)
-        return flight.FlightInternalError(
+        internal: type[BaseException] = flight.FlightInternalError
+        return internal(
             f"Internal error in the Stockade server (incident {incident}); "
             "the server log has the details"
         )
     message = _clean(exc.message)
-    status = exc.status
-    if status == "invalid_argument":
-        return _InvalidArgument(message)
-    if status == "not_found":
-        return _NotFound(message)
-    if status == "unimplemented":
-        return _Unimplemented(message)
-    if status == "unauthenticated":
-        return flight.FlightUnauthenticatedError(message)
-    if status == "unauthorized":
-        return flight.FlightUnauthorizedError(message)
-    if status == "unavailable":
-        return flight.FlightUnavailableError(message)
-    if status == "timed_out":
-        return flight.FlightTimedOutError(message)
-    if status == "cancelled":
-        return flight.FlightCancelledError(message)
-    if status == "resource_exhausted":
-        # Arrow's server cannot produce gRPC RESOURCE_EXHAUSTED; UNAVAILABLE is
-        # the closest status it can send, and the message says what happened.
-        return flight.FlightUnavailableError(message)
-    return flight.FlightInternalError(message)
+    return (_BY_STATUS.get(exc.status) or _BY_STATUS["internal"])(message)
+
+
+# Arrow's server cannot produce gRPC RESOURCE_EXHAUSTED; UNAVAILABLE is the closest
+# status it can send for an exhausted budget, and the message says what happened.
+_BY_STATUS: dict[str, type[BaseException]] = {
+    "invalid_argument": _InvalidArgument,
+    "not_found": _NotFound,
+    "unimplemented": _Unimplemented,
+    "unauthenticated": flight.FlightUnauthenticatedError,
+    "unauthorized": flight.FlightUnauthorizedError,
+    "unavailable": flight.FlightUnavailableError,
+    "timed_out": flight.FlightTimedOutError,
+    "cancelled": flight.FlightCancelledError,
+    "resource_exhausted": flight.FlightUnavailableError,
+    "internal": flight.FlightInternalError,
+}

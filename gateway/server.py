@@ -49,7 +49,8 @@ class DomainServer(FlightSqlServer):
         if middleware is None or middleware.principal is None:
             raise AuthenticationError("Authentication required: connect with a user name "
                                       "and password.")
-        return middleware.principal
+        principal: Principal = middleware.principal
+        return principal
 
     def session_owner(self, context: flight.ServerCallContext) -> str:
         return self.principal(context).user
@@ -115,8 +116,7 @@ class DomainServer(FlightSqlServer):
         )
 
     def parameter_schema(self, context: flight.ServerCallContext, query: str) -> pa.Schema:
-        plan = self.domain.plan(self.principal(context), query)
-        return pa.schema([pa.field(f"${i + 1}", pa.null()) for i in range(plan.parameter_count)])
+        return self.domain.parameter_schema(self.principal(context), query)
 
     def execute_query(
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None

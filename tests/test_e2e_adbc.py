@@ -6,6 +6,7 @@ import adbc_driver_manager
 import duckdb
 import pandas as pd
 import polars as pl
+import pyarrow as pa
 import pytest
 from adbc_driver_manager import AdbcStatusCode
 
@@ -211,3 +212,21 @@ def test_role_row_limit_caps_results(connect):
     assert run(connect("carl"), "SELECT * FROM oncology.screenings").num_rows == 100
     small = run(connect("carl"), "SELECT * FROM oncology.screenings LIMIT 7")
     assert small.num_rows == 7
+
+
+def test_prepared_statement_reports_parameter_types(gateway):
+    import adbc_driver_manager as dm
+    conn = gateway.connect("rita")
+    try:
+        stmt = dm.AdbcStatement(conn.adbc_connection)
+        stmt.set_sql_query("SELECT count(*) FROM oncology.screenings WHERE age > ? AND site = ?")
+        stmt.prepare()
+        schema = pa_schema(stmt.get_parameter_schema())
+        assert [f.type for f in schema] == [pa.int32(), pa.string()]
+        stmt.close()
+    finally:
+        conn.close()
+
+
+def pa_schema(handle):  # type: ignore[no-untyped-def]
+    return pa.Schema._import_from_c_capsule(handle.__arrow_c_schema__())
