@@ -71,7 +71,10 @@ def serve(settings: Settings) -> int:
     stop = threading.Event()
     install_stop_signals(stop)
     if password:
-        print(f"created admin user 'owner' with one-time password: {password}", flush=True)
+        # stderr: stdout carries only the machine-readable "listening on" line.
+        print(f"created admin user 'owner' with one-time password: {password}\n"
+              "  (shown once; change it with `stockade users passwd owner`)",
+              file=sys.stderr, flush=True)
     print(f"listening on {url}", flush=True)
     try:
         while not stop.wait(0.5):

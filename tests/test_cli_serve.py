@@ -165,3 +165,31 @@ def test_policy_check_reports_ok_and_errors(test_root: Path, tmp_path: Path):
     assert proc.returncode == 2
     assert "zipp" in proc.stderr and "Did you mean 'zip'?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_first_start_creates_the_owner_with_a_one_time_password(test_root: Path, tmp_path: Path):
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    env = _env()
+    del env["STOCKADE_ADMIN_PASSWORD"]
+    proc = subprocess.Popen(
+        [*STOCKADE, "serve", "--policy", str(test_root / "policy.yaml"), "--data-dir",
+         str(tmp_path / "state"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = re.fullmatch(r"listening on (\S+)\n", proc.stdout.readline())
+        assert url
+        password = re.search(r"one-time password: (\S+)", proc.stderr.readline())
+        assert password
+        conn = flight_sql.connect(url.group(1), autocommit=True, db_kwargs={
+            "username": "owner", "password": password.group(1)})
+        cur = conn.cursor()
+        cur.execute("SELECT name FROM secret.salaries")  # admins see every dataset
+        assert cur.fetchall() == [("alice",)]
+        cur.close()
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -1,0 +1,91 @@
+"""The locked, read-only DuckDB engine (invariant 4) and its error scrubbing (invariant 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import connectors
+from gateway.engine import Engine, engine_error, scrub_message
+from gateway.errors import ConnectorError, QueryFailedError, QueryTimeoutError
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("engine")
+    duckdb.execute(f"COPY (SELECT range AS id, 'name' || range AS name FROM range(100)) "
+                   f"TO '{root / 't.parquet'}'")
+    duckdb.execute(f"COPY (SELECT 42 AS secret) TO '{root / 'other.parquet'}'")
+    eng = Engine(root / "work")
+    eng.add_table("ds", "t", connectors.get("parquet").plan(
+        {"format": "parquet", "path": "t.parquet"}, base_dir=root, alias="a"))
+    eng.start()
+    yield eng, root
+    eng.close()
+
+
+def test_reads_its_sources(engine):
+    eng, _ = engine
+    assert eng.columns("ds", "t") == {"id": "BIGINT", "name": "VARCHAR"}
+    assert eng.execute('SELECT count(*) AS n FROM "ds"."t"').read_all().column(0)[0].as_py() == 100
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_parquet('{root}/other.parquet')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "ATTACH '{root}/x.duckdb' AS x",
+    "COPY (SELECT 1) TO '{root}/out.csv'",
+])
+def test_no_file_outside_the_sources(engine, sql):
+    eng, root = engine
+    with pytest.raises((ConnectorError, QueryFailedError)):
+        eng.execute(sql.format(root=root)).read_all()
+    assert not (root / "out.csv").exists()
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE x AS SELECT 1",
+    "CREATE VIEW ds.v AS SELECT 1",
+    "DROP VIEW ds.t",
+    "SET threads = 1",
+    "SET enable_external_access = true",
+    "SET lock_configuration = false",
+    "INSTALL httpfs",
+    "LOAD tpch",
+])
+def test_database_is_read_only_and_locked(engine, sql):
+    eng, _ = engine
+    with pytest.raises((QueryFailedError, ConnectorError)):
+        eng.execute(sql).read_all()
+    assert eng.execute('SELECT count(*) FROM "ds"."t"').read_all().column(0)[0].as_py() == 100
+
+
+def test_timeout_interrupts_a_long_query(engine):
+    eng, _ = engine
+    with pytest.raises(QueryTimeoutError, match="stopped after 0.2 s"):
+        eng.execute("SELECT count(*) FROM range(1000000000000) a, range(100) b",
+                    timeout_s=0.2).read_all()
+    # The engine is still usable afterwards.
+    assert eng.execute("SELECT 1").read_all().num_rows == 1
+
+
+def test_failed_cast_does_not_echo_the_value(engine):
+    eng, _ = engine
+    with pytest.raises(QueryFailedError) as info:
+        eng.execute('SELECT CAST(name AS INTEGER) FROM "ds"."t"').read_all()
+    assert "name0" not in str(info.value) and "Conversion" in str(info.value)
+
+
+def test_scrub_removes_values_and_sql_echo():
+    text = "Conversion Error: Could not convert string 'Alice' to INT32\n\nLINE 1: SELECT 'Alice'"
+    assert scrub_message(text, values=True) == (
+        "Conversion Error: Could not convert string '…' to INT32")
+    assert "Alice" not in str(engine_error(duckdb.ConversionException(text)))
+
+
+def test_missing_source_is_a_clear_connector_error(tmp_path: Path):
+    with pytest.raises(ConnectorError, match="does not exist"):
+        connectors.get("parquet").plan({"format": "parquet", "path": "nope.parquet"},
+                                        base_dir=tmp_path, alias="a")
