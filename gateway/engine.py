@@ -45,6 +45,7 @@ from gateway.errors import (
 log = logging.getLogger("stockade.engine")
 
 _QUOTED_VALUE = re.compile(r"'(?:[^']|'')*'")
+_DOUBLE_QUOTED = re.compile(r'"(?:[^"]|"")*"')
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w.])", re.IGNORECASE)
 _SQL_CONTEXT = re.compile(r"\n\s*LINE \d+:.*", re.DOTALL)
 # Errors whose message may quote a value of the data.
@@ -67,7 +68,11 @@ def scrub_message(message: str, *, values: bool) -> str:
     """
     message = _SQL_CONTEXT.sub("", message).strip()
     if values:
+        # Value errors quote data in single or double quotes, and may repeat the
+        # value on the lines below (with a caret): keep the first line, unquoted.
+        message = message.split("\n", 1)[0].strip()
         message = _QUOTED_VALUE.sub("'…'", message)
+        message = _DOUBLE_QUOTED.sub('"…"', message)
         message = _NUMBER.sub("…", message)
     return message
 

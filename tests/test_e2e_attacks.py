@@ -8,6 +8,7 @@ that finds a hole asserts the safe behaviour and is marked ``xfail(strict=True)`
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 
 import adbc_driver_manager
@@ -130,7 +131,7 @@ def carl_safe(table: pa.Table) -> None:
     assert "patient_id" not in table.column_names
     for name in table.column_names:
         if name == "site":
-            assert set(table.column(name).to_pylist()) <= {"north"}
+            assert set(table.column(name).to_pylist()) - {None} <= {"north"}
 
 
 # ------------------------------------------------ carl's hidden and filtered data
@@ -284,9 +285,6 @@ def test_clinician_with_a_number_for_site_sees_nothing(connect, temp_user):
 # ------------------------------------------------------------------- row limits
 
 
-@pytest.mark.xfail(reason="LIMIT n PERCENT is kept as a literal row limit: carl gets every "
-                          "row past his max_rows of 100 (enforce_limits ignores "
-                          "limit_options.percent)", strict=True)
 @pytest.mark.parametrize("sql", [
     "SELECT * FROM oncology.screenings LIMIT 100%",
     "SELECT * FROM oncology.screenings LIMIT 50 PERCENT",
@@ -332,7 +330,8 @@ def test_limit_parameter_keeps_the_row_cap(connect):
     "SELECT z FROM (SELECT zip AS z FROM oncology.patients) t",
     "SELECT zip AS z FROM oncology.patients p WHERE p.zip = "
     "(SELECT max(zip) FROM oncology.patients)",
-    "SELECT unnest(list(zip)) AS z FROM oncology.patients",
+    "SELECT l[1] AS z FROM (SELECT list(zip ORDER BY zip DESC) AS l FROM oncology.patients)",
+    "SELECT u.z FROM (SELECT list(zip) AS l FROM oncology.patients) t, unnest(t.l) AS u(z)",
     "SELECT #3 AS z FROM oncology.patients",
     "SELECT zip AS z FROM oncology.patients UNION SELECT zip FROM oncology.patients",
     "SELECT first_value(zip) OVER (ORDER BY birth_year) AS z FROM oncology.patients",
@@ -384,14 +383,13 @@ def test_failed_casts_on_masked_values_print_no_digits(connect, sql):
     assert err.status_code == AdbcStatusCode.INVALID_ARGUMENT
     text = str(err).split("\n")[0]
     # The message may name the column but never a value (no run of digits of data).
-    import re
-
     assert not re.search(r"\d{3}", text.replace("INT32", "").replace("INT64", "")), text
 
 
 def test_failed_cast_in_a_join_reveals_no_row_of_another_site(connect):
-    err = error_of(connect("carl"), "SELECT count(*) FROM oncology.screenings s "
-                                    "JOIN oncology.patients p ON CAST(p.site || s.test AS INTEGER) = 1")
+    err = error_of(connect("carl"),
+                   "SELECT count(*) FROM oncology.screenings s "
+                   "JOIN oncology.patients p ON CAST(p.site || s.test AS INTEGER) = 1")
     for word in ("south", "east", "west", "mammography", "colonoscopy"):
         assert word not in str(err)
 
@@ -761,8 +759,9 @@ def test_path_descriptors_list_flights_and_exchange(client, gateway):
     with pytest.raises(pa.ArrowInvalid, match="Path descriptors"):
         rita.flight.get_flight_info(flight.FlightDescriptor.for_path("secret", "salaries"),
                                     rita.options)
-    flights = list(rita.flight.list_flights(options=rita.options))
-    assert flights == []
+    with pytest.raises(pa.ArrowNotImplementedError) as err:
+        list(rita.flight.list_flights(options=rita.options))
+    no_leak(str(err.value))
     anonymous = flight.FlightClient(gateway.url)
     try:
         with pytest.raises(flight.FlightUnauthenticatedError):
@@ -924,3 +923,40 @@ def test_huge_string_aggregate_is_refused_cleanly(connect):
                    "SELECT length(string_agg(repeat('x', 100000), '')) AS n FROM bulk.numbers")
     assert err.status_code == AdbcStatusCode.INVALID_ARGUMENT
     assert "memory" in str(err)
+
+
+# ------------------------------------------------ comments and method-call syntax
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT site -- */ , \"zip\" /*\nFROM oncology.patients",
+    "SELECT site /* a */ FROM oncology.patients LIMIT 1 -- x */ UNION ALL SELECT zip "
+    "FROM oncology.patients",
+    "SELECT site FROM oncology.patients -- */ WHERE 1=0) AS x UNION ALL SELECT zip "
+    "FROM \"oncology\".\"patients\" --",
+    "SELECT site AS \"a*/b\" FROM oncology.patients",
+])
+def test_comments_cannot_smuggle_sql_into_the_rewrite(connect, sql):
+    table = run(connect("carl"), sql)
+    assert len(table.column_names) == 1
+    assert set(table.column(0).to_pylist()) == {"north"}
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT zip.upper() FROM oncology.patients",
+    "SELECT p.to_json() FROM oncology.patients p",
+    "SELECT patients.struct_extract('zip') FROM oncology.patients",
+    "SELECT s.list_value() FROM oncology.screenings s",
+])
+def test_method_call_syntax_reaches_only_the_policy_subquery(connect, sql):
+    # The planner lets x.f() through unchecked; DuckDB then binds it against the
+    # policy subquery, whose candidates never include hidden columns.
+    err = error_of(connect("carl"), sql)
+    assert err.status_code == AdbcStatusCode.INVALID_ARGUMENT
+    assert "patient_id" not in str(err) and "Candidate bindings: \"zip\"" not in str(err)
+    assert "north" not in str(err)
+
+
+def test_method_call_syntax_checks_the_function(connect):
+    err = error_of(connect("carl"), "SELECT site.getenv() FROM oncology.patients")
+    assert "getenv" in str(err) and "not allowed" in str(err)

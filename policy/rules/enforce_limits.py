@@ -6,7 +6,16 @@ from sqlglot import exp
 
 
 def _literal_int(node: exp.Expr | None) -> int | None:
+    """The row count of a plain ``LIMIT n``; None for anything else.
+
+    ``LIMIT n PERCENT`` and ``WITH TIES`` are not row counts: such limits are
+    wrapped like any other non-literal limit.
+    """
     if isinstance(node, exp.Limit):
+        options = node.args.get("limit_options")
+        if options is not None and (options.args.get("percent") or options.args.get("rows")
+                                    or options.args.get("with_ties")):
+            return None
         node = node.expression
     if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
         return int(node.this)
@@ -25,6 +34,9 @@ def enforce_limits(
     'SELECT a FROM t LIMIT 10'
     >>> enforce_limits(sqlglot.parse_one("SELECT a FROM t LIMIT ?"), max_rows=10).sql()
     'SELECT * FROM (SELECT a FROM t LIMIT ?) AS "_limited" LIMIT 10'
+    >>> enforce_limits(sqlglot.parse_one("SELECT a FROM t LIMIT 5 PERCENT", read="duckdb"),
+    ...                max_rows=10).sql("duckdb")
+    'SELECT * FROM (SELECT a FROM t LIMIT 5 PERCENT) AS "_limited" LIMIT 10'
     """
     if max_rows is None:
         return expression
