@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Full, Queue
 from typing import Any
 
 import duckdb
@@ -288,8 +289,12 @@ class Engine:
         *,
         timeout_s: float | None = None,
         batch_rows: int = 65_536,
+        prefetch: int = 2,
     ) -> pa.RecordBatchReader:
-        """Run ``sql`` and stream its result; the timeout covers the whole stream."""
+        """Run ``sql`` and stream its result; the timeout covers the whole stream.
+
+        At most ``prefetch`` batches wait in memory ahead of the consumer.
+        """
         cur = self.cursor()
         watch = self._watchdog.arm(timeout_s, cur) if timeout_s else None
         started = time.monotonic()
@@ -304,23 +309,71 @@ class Engine:
                 raise engine_error(exc, timeout_s=timeout_s) from None
             raise
 
+        def fail(exc: BaseException) -> StockadeError:
+            expired = timeout_s and time.monotonic() - started >= timeout_s
+            if expired:
+                return engine_error(duckdb.InterruptException(), timeout_s=timeout_s)
+            if isinstance(exc, duckdb.Error):
+                return engine_error(exc, timeout_s=timeout_s)
+            return QueryFailedError(scrub_message(str(exc), values=True))
+
+        # DuckDB computes the next batches on a producer thread while the current
+        # one is being sent: the queue bounds what is held in memory.
+        queue: Queue[pa.RecordBatch | BaseException | None] = Queue(maxsize=prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                while not stop.is_set():
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        break
+                    while not stop.is_set():
+                        try:
+                            queue.put(batch, timeout=0.1)
+                            break
+                        except Full:
+                            continue
+            except BaseException as exc:  # handed to the consumer
+                queue.put(exc)
+                return
+            queue.put(None)
+
+        producer = threading.Thread(target=produce, name="stockade-query", daemon=True)
+
         def batches() -> Iterator[pa.RecordBatch]:
             try:
-                while True:
+                # Small results (one or two batches) are read inline: a thread per
+                # query would cost more than it saves.
+                for _ in range(2):
                     try:
                         batch = reader.read_next_batch()
                     except StopIteration:
                         return
                     except (duckdb.Error, pa.ArrowException) as exc:
-                        expired = timeout_s and time.monotonic() - started >= timeout_s
-                        if expired:
-                            interrupted = duckdb.InterruptException()
-                            raise engine_error(interrupted, timeout_s=timeout_s) from None
-                        if isinstance(exc, duckdb.Error):
-                            raise engine_error(exc, timeout_s=timeout_s) from None
-                        raise QueryFailedError(scrub_message(str(exc), values=True)) from None
+                        raise fail(exc) from None
                     yield batch
+                producer.start()
+                while True:
+                    item = queue.get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        if isinstance(item, duckdb.Error | pa.ArrowException):
+                            raise fail(item) from None
+                        raise item
+                    yield item
             finally:
+                stop.set()
+                if producer.is_alive():
+                    cur.interrupt()
+                    while producer.is_alive():
+                        try:
+                            queue.get(timeout=0.05)
+                        except Empty:
+                            pass
+                    producer.join()
                 if watch is not None:
                     self._watchdog.disarm(watch)
                 reader.close()

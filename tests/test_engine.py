@@ -89,3 +89,35 @@ def test_missing_source_is_a_clear_connector_error(tmp_path: Path):
     with pytest.raises(ConnectorError, match="does not exist"):
         connectors.get("parquet").plan({"format": "parquet", "path": "nope.parquet"},
                                         base_dir=tmp_path, alias="a")
+
+
+def test_abandoned_stream_stops_its_producer(engine):
+    import threading
+
+    eng, _ = engine
+    before = {t.name for t in threading.enumerate()}
+    reader = eng.execute("SELECT range AS x FROM range(50000000)", batch_rows=10_000)
+    taken = [reader.read_next_batch() for _ in range(5)]
+    assert sum(b.num_rows for b in taken) == 50_000
+    reader.close()
+    del reader
+    import gc
+
+    gc.collect()
+    alive = [t for t in threading.enumerate() if t.name == "stockade-query"]
+    assert not alive, alive
+    assert {t.name for t in threading.enumerate()} - before <= {"stockade-watchdog"}
+    assert eng.execute("SELECT 1").read_all().num_rows == 1
+
+
+def test_large_result_has_every_row_in_order(engine):
+    eng, _ = engine
+    total = 0
+    expected = 0
+    for batch in eng.execute("SELECT range AS x FROM range(300000) ORDER BY x",
+                             batch_rows=7_000):
+        values = batch.column(0).to_pylist()
+        assert values == list(range(expected, expected + len(values)))
+        expected += len(values)
+        total += batch.num_rows
+    assert total == 300_000
