@@ -3,7 +3,8 @@
 Both servers run as separate processes on loopback and stream the same DuckDB
 reader over the same Parquet file; the client is pyarrow's Flight client in this
 process. Figures are reported as ratios (gateway / baseline) and written to
-docs/benchmarks.md with a plot.
+docs/benchmarks.md with a plot. Then the policy overhead (`bench/policy_overhead.py`):
+planning a simple and a complex query against DuckDB running the plan, on the demo data.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from google.protobuf import any_pb2
 
+from bench import policy_overhead
 from gateway.flightsql import flight_sql_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="TPC-H scale factor")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-n", type=int, default=300)
+    parser.add_argument("--demo-rows", type=int, default=1_000_000,
+                        help="demo screenings for the policy overhead")
+    parser.add_argument("--overhead-n", type=int, default=30,
+                        help="timed runs per query for the policy overhead")
     args = parser.parse_args(argv)
 
     data = make_data(args.scale)
@@ -183,11 +189,32 @@ def main(argv: list[str] | None = None) -> int:
                 proc.stdin.close()
             proc.terminate()
             proc.wait(timeout=30)
-    report(results, args.scale)
+    overhead = policy_overhead.measure(args.demo_rows, args.overhead_n)
+    report(results, args.scale, overhead, args.demo_rows)
     return 0
 
 
-def report(r: dict[str, float], scale: float) -> None:
+def plot_overhead(overhead: list[policy_overhead.Overhead]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = [o.name for o in overhead]
+    width = 0.38
+    xs = range(len(names))
+    ax.bar([x - width / 2 for x in xs], [o.plan_ms for o in overhead], width,
+           label="plan_query (policy)", color="#2a6f97")
+    ax.bar([x + width / 2 for x in xs], [o.execute_ms for o in overhead], width,
+           label="DuckDB execution", color="#999999")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("ms (median)")
+    ax.set_title("Policy overhead on the demo data", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "benchmarks-policy.png", dpi=110)
+
+
+def report(r: dict[str, float], scale: float,
+           overhead: list[policy_overhead.Overhead], demo_rows: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,6 +233,7 @@ def report(r: dict[str, float], scale: float) -> None:
         ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(DOCS / "benchmarks.png", dpi=110)
+    plot_overhead(overhead)
 
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
                f"{platform.python_version()}, pyarrow {pa.__version__}, duckdb "
@@ -230,6 +258,22 @@ a real analyst: bearer-token check, parse, policy rewrite, plan, and batches cap
 
 Throughput is the best of the repeats for each server, run alternately; latency is
 GetFlightInfo + DoGet of `SELECT 1`, after 20 warm-up calls.
+
+## Policy overhead
+
+The time `policy.pipeline.plan_query` takes from the analyst's SQL to the rewritten
+SQL (parse, resolve tables, check functions, qualify columns, rewrite, limit; no plan
+cache) against the time DuckDB takes to run that rewritten SQL to a complete Arrow
+table, on the demo data (`gateway.demo.generate`, {demo_rows:,} screenings, Parquet)
+under the demo policy for a researcher, on a cursor of the gateway's locked engine.
+Medians of {overhead[0].n} runs each, alternately, after 3 warm-up runs, in the same run
+as above ({policy_overhead.versions()}). The queries are in `bench/policy_overhead.py`.
+
+![policy overhead](benchmarks-policy.png)
+
+| query | plan_query, median | DuckDB execution, median | plan / execute | result rows |
+|---|---:|---:|---:|---:|
+{policy_overhead.markdown_rows(overhead)}
 """
     (DOCS / "benchmarks.md").write_text(text)
     print(text)

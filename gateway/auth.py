@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from typing import Any
 
 import pyarrow.flight as flight
 
+from gateway.dialects import DIALECT_HEADER
 from gateway.errors import AuthenticationError
 from gateway.flight_errors import to_flight_error
 from gateway.state import WRONG_CREDENTIALS, LoginError, StateStore, User
@@ -160,14 +162,28 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
     """The authenticated caller of one call: ``.user`` and ``.principal``.
 
     ``token`` is set when this call logged in with Basic credentials; it is sent
-    back in the ``authorization`` response header.
+    back in the ``authorization`` response header. ``session_id`` identifies the
+    login (a digest of its bearer token, never the token): a client that logs in
+    once per connection, as ADBC and JDBC do, keeps it for the connection.
+    ``dialect`` is the call's ``x-stockade-dialect`` header, if any (pyarrow's
+    call context has no header accessor, so it is read here).
     """
 
-    def __init__(self, user: User, principal: Principal, token: str | None = None) -> None:
+    def __init__(
+        self,
+        user: User,
+        principal: Principal,
+        token: str | None = None,
+        *,
+        session_id: str | None = None,
+        dialect: str | None = None,
+    ) -> None:
         super().__init__()
         self.user = user
         self.principal = principal
         self.token = token
+        self.session_id = session_id
+        self.dialect = dialect
 
     def sending_headers(self) -> dict[str, str]:
         if self.token is None:
@@ -185,6 +201,15 @@ def _first_header(headers: Mapping[str, Any], key: str) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value
+
+
+def session_id(token: str) -> str:
+    """The session identifier of a bearer token (a digest: tokens are never kept).
+
+    >>> len(session_id("abc")), session_id("abc") == session_id("abc")
+    (64, True)
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def decode_basic(credentials: str) -> tuple[str, str]:
@@ -244,15 +269,19 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
             raise AuthenticationError(AUTH_REQUIRED)
         scheme, _, credentials = value.strip().partition(" ")
         scheme = scheme.lower()
+        dialect = _first_header(headers, DIALECT_HEADER)
         if scheme == "bearer":
-            user = self.store.user_for_token(credentials.strip())
-            return AuthMiddleware(user, self.principal_for(user))
+            token = credentials.strip()
+            user = self.store.user_for_token(token)
+            return AuthMiddleware(user, self.principal_for(user),
+                                  session_id=session_id(token), dialect=dialect)
         if scheme == "basic":
             name, password = decode_basic(credentials)
             user = self._login(name, password)
             principal = self.principal_for(user)
             token = self.store.issue_token(user, self.token_ttl_s)
-            return AuthMiddleware(user, principal, token)
+            return AuthMiddleware(user, principal, token,
+                                  session_id=session_id(token), dialect=dialect)
         raise AuthenticationError(MALFORMED_HEADER)
 
     def _login(self, name: str, password: str) -> User:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import StockadeError
@@ -32,34 +33,66 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
-def _cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.domain import Domain
+Command = Callable[[argparse.Namespace], int]
 
-    with _temporary_dir(args.data_dir) as data_dir:
-        domain = Domain.open(args.file, data_dir)
+
+def _no_traceback(command: Command) -> Command:
+    """Report an unexpected failure in one ``error:`` line (the traceback with -v)."""
+
+    @functools.wraps(command)
+    def wrapper(args: argparse.Namespace) -> int:
         try:
-            tables = sum(len(d.tables) for d in domain.policy.datasets.values())
-            print(f"{args.file}: OK — domain '{domain.name}', {len(domain.policy.datasets)} "
-                  f"dataset(s), {tables} table(s), {len(domain.policy.roles)} role(s)")
-        finally:
-            domain.close()
+            return command(args)
+        except (StockadeError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            logging.getLogger("stockade").debug("unexpected failure", exc_info=True)
+            print(f"error: unexpected failure ({type(exc).__name__}: {exc}); "
+                  "run with -v for details", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+@_no_traceback
+def _cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy_tools import check_types, check_users, open_domain, summary
+
+    with open_domain(args.file, args.data_dir) as domain:
+        errors = check_types(domain)
+        warnings: list[str] = []
+        if args.data_dir:
+            user_errors, warnings = check_users(domain)
+            errors += user_errors
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        if errors:
+            print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
+            return 2
+        users = f", {len(domain.store.list_users())} user(s) checked" if args.data_dir else ""
+        print(summary(domain) + users)
     return 0
 
 
-class _temporary_dir:
-    def __init__(self, given: str | None) -> None:
-        self.given = given
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+@_no_traceback
+def _cmd_policy_explain(args: argparse.Namespace) -> int:
+    from gateway.policy_tools import explain, explanation_json, open_domain
 
-    def __enter__(self) -> Path:
-        if self.given:
-            return Path(self.given)
-        self._tmp = tempfile.TemporaryDirectory(prefix="stockade-check-")
-        return Path(self._tmp.name)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+    with open_domain(args.policy, args.data_dir) as domain:
+        try:
+            explanation = explain(domain, args.user, args.sql, dialect=args.dialect)
+        except StockadeError as err:
+            if args.format == "json":
+                print(json.dumps({"user": args.user, "refused": True, "error": str(err)},
+                                 indent=2))
+            raise
+        if args.format == "json":
+            print(explanation_json(explanation))
+        else:
+            print(explanation.to_text())
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -87,10 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="work with policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     check = policy_sub.add_parser(
-        "check", help="validate a policy file against its real data sources")
+        "check", help="validate a policy file against its real data sources",
+        description="Validate a policy: names (with line numbers and suggestions), then every "
+                    "row filter and mask bound on DuckDB over the real sources, for every role "
+                    "that can read each table. With --data-dir, also each user's attributes.")
     check.add_argument("file", help="the policy YAML file")
-    check.add_argument("--data-dir", help="where to build the engine (default: a temp dir)")
+    check.add_argument("--data-dir", help="the gateway's data directory, to check its users "
+                                          "(read only; the engine is built in a temp dir)")
     check.set_defaults(func=_cmd_policy_check)
+    explain = policy_sub.add_parser(
+        "explain", help="show what a query becomes for a user, without running it",
+        description="Print the user's role, the decision per table the query reads (mode, row "
+                    "filters with the user's attributes bound, hidden columns, masks) and the "
+                    "rewritten SQL. Nothing is run. Exit 2 if the query is refused.")
+    explain.add_argument("sql", metavar="SQL", help="the query, as the analyst would send it")
+    explain.add_argument("--policy", required=True, help="the policy YAML file")
+    explain.add_argument("--data-dir", required=True,
+                         help="the gateway's data directory (users are read from it)")
+    explain.add_argument("--user", required=True, help="the user to explain the query for")
+    explain.add_argument("--dialect", help="the SQL's dialect (default duckdb; a leading "
+                                           "/* dialect: … */ comment wins)")
+    explain.add_argument("--format", choices=("text", "json"), default="text")
+    explain.set_defaults(func=_cmd_policy_explain)
 
     demo = sub.add_parser("demo", help="generate sample data and run a demo domain")
     demo.add_argument("--dir", default=os.environ.get("STOCKADE_DEMO_DIR", "demo-data"),
@@ -107,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -11,23 +11,27 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
 
 import connectors
+from gateway.dialects import resolve_dialect
 from gateway.engine import Engine, EngineLimits
 from gateway.errors import PermissionDeniedError, StockadeError
 from gateway.parameters import placeholder_types
 from gateway.state import StateStore, User
-from policy.access import TableAccess, catalog_for
+from policy.access import TableAccess, catalog_for, visible_columns
+from policy.expressions import bind_secrets
 from policy.loader import check_against_schemas, load_policy
 from policy.model import Policy
 from policy.pipeline import QueryPlan, plan_query
 from policy.principal import Principal
+from policy.rules.apply_table_policy import policy_subquery
 
 log = logging.getLogger("stockade.domain")
 
@@ -60,8 +64,8 @@ class Domain:
         check_against_schemas(policy, self.schemas)
         self._schema_cache: dict[tuple[str, str, str], pa.Schema] = {}
         self._cache_lock = threading.Lock()
-        # Plans depend only on (policy, principal, SQL): an analyst's GetFlightInfo and
-        # DoGet of the same query, and any repeat of it, are planned once.
+        # Plans depend only on (policy, principal, dialect, SQL): an analyst's
+        # GetFlightInfo and DoGet of the same query, and any repeat of it, are planned once.
         self._plans: LruCache[tuple[Any, ...], QueryPlan] = LruCache(4096)
         self._result_schemas: LruCache[tuple[Any, ...], pa.Schema] = LruCache(4096)
 
@@ -76,21 +80,17 @@ class Domain:
         """Load the policy, build and lock the engine, open the state store."""
         policy = load_policy(policy_path)
         data_dir = Path(data_dir)
-        engine = Engine(data_dir / "engine", limits=limits)
-        base_dir = Path(policy_path).resolve().parent
-        for number, (ds_name, dataset) in enumerate(sorted(policy.datasets.items())):
-            for t_number, (t_name, table) in enumerate(sorted(dataset.tables.items())):
-                options = {k: v for k, v in asdict(table.source).items() if v is not None}
-                connector = connectors.get(table.source.format)
-                alias = f"src_{number}_{t_number}_{_UNSAFE.sub('_', t_name)}"
-                plan = connector.plan(options, base_dir=base_dir, alias=alias)
-                engine.add_table(ds_name, t_name, plan)
-        engine.start()
-        store = StateStore(data_dir)
+        engine = build_engine(policy, data_dir / "engine", limits=limits)
+        try:
+            store = StateStore(data_dir)
+        except BaseException:
+            engine.close()
+            raise
         try:
             return cls(policy, engine, store)
         except BaseException:
             engine.close()
+            store.close()
             raise
 
     def close(self) -> None:
@@ -135,46 +135,76 @@ class Domain:
             cached = self._schema_cache.get(key)
         if cached is not None:
             return cached
-        plan = self.plan(principal, f'SELECT * FROM "{ds}"."{name}"', for_schema=True)
-        schema = self.engine.result_schema(plan.sql)
+        # The table as the policy exposes it (masks applied, hidden columns gone),
+        # whatever the mode: aggregate and dp users may not SELECT * but still see
+        # the columns they can aggregate. Row filters do not change the schema.
+        access = replace(catalog_for(self.policy, principal)[(ds, name)], row_filters=())
+        source = self.schemas[(ds, name)]
+        select = policy_subquery(access, list(source), list(visible_columns(access, source)),
+                                 principal)
+        runnable, _ = bind_secrets(select, self.policy.secrets)
+        schema = self.engine.result_schema(
+            f"{runnable.sql(dialect='duckdb', identify=True)} LIMIT 0")
         with self._cache_lock:
             self._schema_cache[key] = schema
         return schema
 
     # -- what they run --------------------------------------------------------------
 
-    def plan(self, principal: Principal, sql: str, *, for_schema: bool = False) -> QueryPlan:
-        key = (principal.user, principal.role, tuple(sorted(principal.attributes.items())),
-               sql, for_schema)
+    def plan(
+        self,
+        principal: Principal,
+        sql: str,
+        *,
+        dialect: str | None = None,
+        for_schema: bool = False,
+    ) -> QueryPlan:
+        """Check and rewrite ``sql`` for ``principal``.
+
+        ``dialect`` is the session's or connection's dialect; a leading
+        ``/* dialect: … */`` comment in ``sql`` overrides it (see
+        :mod:`gateway.dialects`).
+        """
+        resolved, text = resolve_dialect(sql, session=dialect)
+        key = plan_key(principal, text, dialect=resolved, for_schema=for_schema)
         cached = self._plans.get(key)
         if cached is not None:
             return cached
         plan = plan_query(
-            sql,
+            text,
             policy=self.policy,
             principal=principal,
             schemas=self.schemas,
+            dialect=resolved,
             max_rows=None if for_schema else self.policy.limits_for(principal.role).max_rows,
         )
         self._plans.put(key, plan)
         return plan
 
     def result_schema(
-        self, principal: Principal, sql: str, parameters: Sequence[Any] | None = None
+        self,
+        principal: Principal,
+        sql: str,
+        parameters: Sequence[Any] | None = None,
+        *,
+        dialect: str | None = None,
     ) -> pa.Schema:
-        plan = self.plan(principal, sql)
+        plan = self.plan(principal, sql, dialect=dialect)
         params = list(parameters) if parameters is not None else [None] * plan.parameter_count
         key = (plan.sql, tuple(type(p).__name__ for p in params))
         cached = self._result_schemas.get(key)
         if cached is not None:
             return cached
-        schema = self.engine.result_schema(plan.sql, params or None)
+        with redacting(plan):
+            schema = self.engine.result_schema(plan.sql, params or None)
         self._result_schemas.put(key, schema)
         return schema
 
-    def parameter_schema(self, principal: Principal, sql: str) -> pa.Schema:
+    def parameter_schema(
+        self, principal: Principal, sql: str, *, dialect: str | None = None
+    ) -> pa.Schema:
         """The schema of ``sql``'s parameters, typed where the query tells."""
-        plan = self.plan(principal, sql)
+        plan = self.plan(principal, sql, dialect=dialect)
         schema: dict[str, dict[str, dict[str, str]]] = {}
         for (ds, table), columns in self.schemas.items():
             schema.setdefault(ds, {})[table] = dict(columns)
@@ -191,12 +221,80 @@ class Domain:
         return pa.schema(fields)
 
     def execute(
-        self, principal: Principal, sql: str, parameters: Sequence[Any] | None = None
+        self,
+        principal: Principal,
+        sql: str,
+        parameters: Sequence[Any] | None = None,
+        *,
+        dialect: str | None = None,
     ) -> pa.RecordBatchReader:
-        plan = self.plan(principal, sql)
+        plan = self.plan(principal, sql, dialect=dialect)
         limits = self.policy.limits_for(principal.role)
-        log.info("query by %s: %s", principal.user, plan.sql)
-        return self.engine.execute(plan.sql, parameters or None, timeout_s=limits.timeout_s)
+        log.info("query by %s: %s", principal.user, plan.display_sql)
+        with redacting(plan):
+            reader = self.engine.execute(plan.sql, parameters or None,
+                                         timeout_s=limits.timeout_s)
+        if not plan.secret_values:
+            return reader
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with redacting(plan):
+                yield from reader
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+@contextmanager
+def redacting(plan: QueryPlan) -> Iterator[None]:
+    """Replace the policy's secret values in any error raised inside by their names."""
+    try:
+        yield
+    except StockadeError as exc:
+        if plan.secret_values:
+            exc.message = plan.redact(exc.message)
+            exc.args = (exc.message,)
+        raise
+
+
+def plan_key(
+    principal: Principal, sql: str, *, dialect: str, for_schema: bool = False
+) -> tuple[Any, ...]:
+    """The plan cache key: everything a plan depends on besides the policy.
+
+    The whole principal is in it (its attributes bind the row filters), and so is
+    the dialect (the same text may mean different things in two dialects).
+
+    >>> a = plan_key(Principal("c", "clinician", {"site": "north"}), "SELECT 1", dialect="duckdb")
+    >>> b = plan_key(Principal("c", "clinician", {"site": "south"}), "SELECT 1", dialect="duckdb")
+    >>> c = plan_key(Principal("c", "clinician", {"site": "north"}), "SELECT 1", dialect="tsql")
+    >>> len({a, b, c})
+    3
+    """
+    attributes = tuple(sorted(
+        (name, type(value).__name__, value) for name, value in principal.attributes.items()
+    ))
+    return (principal.user, principal.role, attributes, dialect, sql, for_schema)
+
+
+def build_engine(
+    policy: Policy, work_dir: str | Path, *, limits: EngineLimits | None = None
+) -> Engine:
+    """Build and start the locked engine over the policy's sources, in ``work_dir``.
+
+    Relative source paths were resolved against the policy file by the loader;
+    ``base_dir`` below only matters to connectors that resolve more themselves.
+    """
+    engine = Engine(Path(work_dir), limits=limits)
+    base_dir = Path(policy.file).resolve().parent if policy.file else Path.cwd()
+    for number, (ds_name, dataset) in enumerate(sorted(policy.datasets.items())):
+        for t_number, (t_name, table) in enumerate(sorted(dataset.tables.items())):
+            options = {k: v for k, v in asdict(table.source).items() if v is not None}
+            connector = connectors.get(table.source.format)
+            alias = f"src_{number}_{t_number}_{_UNSAFE.sub('_', t_name)}"
+            plan = connector.plan(options, base_dir=base_dir, alias=alias)
+            engine.add_table(ds_name, t_name, plan)
+    engine.start()
+    return engine
 
 
 class LruCache(Generic[K, V]):
@@ -219,6 +317,10 @@ class LruCache(Generic[K, V]):
             if value is not None:
                 self._items.move_to_end(key)
             return value
+
+    def pop(self, key: K) -> V | None:
+        with self._lock:
+            return self._items.pop(key, None)
 
     def put(self, key: K, value: V) -> None:
         with self._lock:

@@ -1,24 +1,33 @@
-"""The domain gateway's Flight SQL server: the protocol layer bound to a Domain."""
+"""The domain gateway's Flight SQL server: the protocol layer bound to a Domain.
+
+Sessions: Flight SQL session options are kept per login (see
+:attr:`gateway.auth.AuthMiddleware.session_id`), so a client that logs in once per
+connection, as ADBC and JDBC do, has one session per connection without cookies.
+The one option is ``stockade.dialect`` (:mod:`gateway.dialects`).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from gateway.auth import AuthMiddlewareFactory, NoOpHandshake
-from gateway.domain import Domain, parameter_values
-from gateway.errors import AuthenticationError
+from gateway.auth import AuthMiddleware, AuthMiddlewareFactory, NoOpHandshake
+from gateway.dialects import DIALECT_OPTION, check_dialect
+from gateway.domain import Domain, LruCache, parameter_values
+from gateway.errors import AuthenticationError, InputError
 from gateway.flightsql.schemas import annotate_schema, like_match
-from gateway.flightsql.server import FlightSqlServer, TableInfo
+from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo
 from policy.principal import Principal
 
 log = logging.getLogger("stockade.server")
 
 AUTH = "auth"
+#: Session options the gateway knows.
+SESSION_OPTIONS = (DIALECT_OPTION,)
 
 
 class DomainServer(FlightSqlServer):
@@ -41,19 +50,66 @@ class DomainServer(FlightSqlServer):
         if tls_certificates:
             kwargs["tls_certificates"] = list(tls_certificates)
         super().__init__(location, max_batch_bytes=max_batch_bytes, **kwargs)
+        # (user, session id) -> that session's options; bounded, oldest forgotten first.
+        self._sessions: LruCache[tuple[str, str], dict[str, SessionValue]] = LruCache(10_000)
 
     # -- identity -------------------------------------------------------------------
 
-    def principal(self, context: flight.ServerCallContext) -> Principal:
+    def _middleware(self, context: flight.ServerCallContext) -> AuthMiddleware:
         middleware = context.get_middleware(AUTH)
-        if middleware is None or middleware.principal is None:
+        if not isinstance(middleware, AuthMiddleware):
             raise AuthenticationError("Authentication required: connect with a user name "
                                       "and password.")
-        principal: Principal = middleware.principal
-        return principal
+        return middleware
+
+    def principal(self, context: flight.ServerCallContext) -> Principal:
+        return self._middleware(context).principal
 
     def session_owner(self, context: flight.ServerCallContext) -> str:
         return self.principal(context).user
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _session_key(self, context: flight.ServerCallContext) -> tuple[str, str] | None:
+        middleware = self._middleware(context)
+        if middleware.session_id is None:
+            return None
+        return (middleware.user.name, middleware.session_id)
+
+    def set_session_options(
+        self, context: flight.ServerCallContext, options: Mapping[str, SessionValue]
+    ) -> Mapping[str, str]:
+        key = self._session_key(context)
+        session = dict(self._sessions.get(key) or {}) if key else {}
+        refused: dict[str, str] = {}
+        for name, value in options.items():
+            if name not in SESSION_OPTIONS:
+                refused[name] = "invalid_name"
+            elif value is None:
+                session.pop(name, None)
+            elif not isinstance(value, str):
+                raise InputError(f"Session option '{name}' takes a dialect name, e.g. 'postgres'")
+            else:
+                session[name] = check_dialect(value)
+        if key is not None:
+            self._sessions.put(key, session)
+        return refused
+
+    def get_session_options(self, context: flight.ServerCallContext) -> Mapping[str, SessionValue]:
+        key = self._session_key(context)
+        return dict(self._sessions.get(key) or {}) if key else {}
+
+    def close_session(self, context: flight.ServerCallContext) -> None:
+        key = self._session_key(context)
+        if key is not None:
+            self._sessions.pop(key)
+
+    def dialect(self, context: flight.ServerCallContext) -> str | None:
+        """The caller's dialect: the session's, else the connection header's, else none."""
+        session = self.get_session_options(context).get(DIALECT_OPTION)
+        if isinstance(session, str):
+            return session
+        return self._middleware(context).dialect
 
     # -- metadata -------------------------------------------------------------------
 
@@ -112,13 +168,19 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.Schema:
         return self.domain.result_schema(
-            self.principal(context), query, parameter_values(parameters)
+            self.principal(context), query, parameter_values(parameters),
+            dialect=self.dialect(context),
         )
 
     def parameter_schema(self, context: flight.ServerCallContext, query: str) -> pa.Schema:
-        return self.domain.parameter_schema(self.principal(context), query)
+        return self.domain.parameter_schema(
+            self.principal(context), query, dialect=self.dialect(context)
+        )
 
     def execute_query(
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.RecordBatchReader:
-        return self.domain.execute(self.principal(context), query, parameter_values(parameters))
+        return self.domain.execute(
+            self.principal(context), query, parameter_values(parameters),
+            dialect=self.dialect(context),
+        )

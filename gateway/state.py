@@ -103,6 +103,63 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX tokens_by_expiry ON tokens(expires_at)",
         ),
     ),
+    (
+        2,
+        "privacy budgets: allowances, dataset caps, append-only charges, dp answers",
+        (
+            # Amounts are integers: ε in units of 1e-12, δ in units of 1e-18
+            # (see gateway.ledger), so sums are exact.
+            """
+            CREATE TABLE budget_allowances (
+                user_name  TEXT NOT NULL COLLATE NOCASE,
+                dataset    TEXT NOT NULL,
+                epsilon    INTEGER NOT NULL,
+                delta      INTEGER NOT NULL,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (user_name, dataset)
+            )
+            """,
+            """
+            CREATE TABLE budget_dataset_caps (
+                dataset    TEXT PRIMARY KEY,
+                epsilon    INTEGER NOT NULL,
+                delta      INTEGER NOT NULL,
+                updated_at REAL NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE budget_charges (
+                id         INTEGER PRIMARY KEY AUTOINCREMENT,
+                user_name  TEXT NOT NULL COLLATE NOCASE,
+                dataset    TEXT NOT NULL,
+                epsilon    INTEGER NOT NULL CHECK (epsilon >= 0),
+                delta      INTEGER NOT NULL CHECK (delta >= 0),
+                query_key  TEXT,
+                charged_at REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX budget_charges_by_user ON budget_charges(user_name, dataset)",
+            "CREATE INDEX budget_charges_by_dataset ON budget_charges(dataset)",
+            """
+            CREATE TRIGGER budget_charges_append_only_update BEFORE UPDATE ON budget_charges
+            BEGIN SELECT RAISE(ABORT, 'budget charges are append-only'); END
+            """,
+            """
+            CREATE TRIGGER budget_charges_append_only_delete BEFORE DELETE ON budget_charges
+            BEGIN SELECT RAISE(ABORT, 'budget charges are append-only'); END
+            """,
+            """
+            CREATE TABLE dp_answers (
+                query_key  TEXT PRIMARY KEY,
+                user_name  TEXT NOT NULL COLLATE NOCASE,
+                dataset    TEXT NOT NULL,
+                charge_id  INTEGER NOT NULL REFERENCES budget_charges(id),
+                answer     BLOB NOT NULL,
+                created_at REAL NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -11,12 +11,25 @@ query, to *typed literals* from the principal's attributes by
 ('site',)
 >>> bind_attributes(e, Principal("a", "r", {"site": "o'hara"})).sql("duckdb")
 "site = 'o''hara'"
+
+``{secret.NAME}`` placeholders (the policy's ``secrets:``) stay placeholders,
+marked as secrets, through every rule; :func:`bind_secrets` binds them last,
+as string literals, and also gives the query to show, where they read
+``{secret.NAME}`` again:
+
+>>> m = parse_fragment("sha256({secret.salt} || name)")
+>>> secrets_used(m)
+('salt',)
+>>> real, shown = bind_secrets(m, {"salt": "pepper"})
+>>> real.sql("duckdb"), shown.sql("duckdb")
+("SHA256('pepper' || name)", 'SHA256({secret.salt} || name)')
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 
 from sqlglot import exp, parse_one
 from sqlglot.errors import ParseError
@@ -25,7 +38,12 @@ from gateway.errors import InputError
 from policy.principal import Principal
 
 ATTR_PREFIX = "__stockade_user_"
-_PLACEHOLDER = re.compile(r"\{\s*user\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
+SECRET_PREFIX = "__stockade_secret_"
+# The meta key that marks a placeholder as a policy secret. The analyst's SQL
+# can spell a placeholder with the same name, but never carries this mark, so
+# only the policy's own placeholders are ever bound to a secret's value.
+SECRET_META = "stockade_secret"
+_PLACEHOLDER = re.compile(r"\{\s*(user|secret)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}")
 _LOOSE_PLACEHOLDER = re.compile(r"\{\s*[A-Za-z_]\w*\s*\.[^{}]*\}")
 
 
@@ -51,22 +69,24 @@ def _substitute(text: str) -> str:
             literal = text[i : end + 1]
             if _PLACEHOLDER.search(literal):
                 raise FragmentError(
-                    "{user.…} placeholders must not be quoted: write site = {user.site}, "
-                    "the value is bound as a typed literal"
+                    "{user.…} and {secret.…} placeholders must not be quoted: write "
+                    "site = {user.site}, the value is bound as a typed literal"
                 )
             out.append(literal)
             i = end + 1
             continue
         m = _PLACEHOLDER.match(text, i)
         if m:
-            out.append(f":{ATTR_PREFIX}{m.group(1)}")
+            prefix = ATTR_PREFIX if m.group(1) == "user" else SECRET_PREFIX
+            out.append(f":{prefix}{m.group(2)}")
             i = m.end()
             continue
         if ch == "{":
             loose = _LOOSE_PLACEHOLDER.match(text, i)
             if loose:
                 raise FragmentError(
-                    f"Malformed placeholder {loose.group(0)!r}; write {{user.ATTRIBUTE}}"
+                    f"Malformed placeholder {loose.group(0)!r}; write {{user.ATTRIBUTE}} "
+                    "or {secret.NAME}"
                 )
         out.append(ch)
         i += 1
@@ -90,7 +110,9 @@ def _parse_cached(text: str) -> exp.Expr:
         raise FragmentError(f"Subqueries and table references are not allowed in {text!r}")
     for node in parsed.find_all(exp.Placeholder):
         name = str(node.name)
-        if not name.startswith(ATTR_PREFIX):
+        if name.startswith(SECRET_PREFIX):
+            node.meta[SECRET_META] = name[len(SECRET_PREFIX) :]
+        elif not name.startswith(ATTR_PREFIX):
             raise FragmentError(
                 f"Parameters are not allowed in {text!r}; use {{user.ATTRIBUTE}}"
             )
@@ -106,10 +128,50 @@ def attributes_used(expression: exp.Expr) -> tuple[str, ...]:
     """Names of the ``{user.ATTR}`` placeholders in ``expression``, in order, unique."""
     names: list[str] = []
     for node in expression.find_all(exp.Placeholder):
-        name = str(node.name)[len(ATTR_PREFIX) :]
-        if name not in names:
+        if str(node.name).startswith(ATTR_PREFIX) and SECRET_META not in node.meta:
+            name = str(node.name)[len(ATTR_PREFIX) :]
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def _secret_name(node: exp.Expr) -> str | None:
+    name = node.meta.get(SECRET_META) if isinstance(node, exp.Placeholder) else None
+    return name if isinstance(name, str) else None
+
+
+def secrets_used(expression: exp.Expr) -> tuple[str, ...]:
+    """Names of the ``{secret.NAME}`` placeholders in ``expression``, in order, unique."""
+    names: list[str] = []
+    for node in expression.find_all(exp.Placeholder):
+        name = _secret_name(node)
+        if name is not None and name not in names:
             names.append(name)
     return tuple(names)
+
+
+def bind_secrets(
+    expression: exp.Expr, secrets: Mapping[str, str]
+) -> tuple[exp.Expr, exp.Expr]:
+    """``(to run, to show)``: copies of ``expression`` with the policy's secrets bound.
+
+    In the first, each ``{secret.NAME}`` is a string literal; in the second it
+    reads ``{secret.NAME}``. Both are ``expression`` itself when it uses none.
+    A name missing from ``secrets`` means the policy was not validated: refused.
+    """
+    if not secrets_used(expression):
+        return expression, expression
+    real, shown = expression.copy(), expression.copy()
+    for target, show in ((real, False), (shown, True)):
+        for node in list(target.find_all(exp.Placeholder)):
+            name = _secret_name(node)
+            if name is None:
+                continue
+            if name not in secrets:
+                raise FragmentError(f"The policy has no secret '{name}'")
+            value = exp.var(f"{{secret.{name}}}") if show else exp.Literal.string(secrets[name])
+            node.replace(value)
+    return real, shown
 
 
 def literal_for(value: object) -> exp.Expr:
@@ -135,6 +197,8 @@ def bind_attributes(expression: exp.Expr, principal: Principal) -> exp.Expr:
     """``expression`` (copied) with every ``{user.ATTR}`` replaced by a literal."""
     bound = expression.copy()
     for node in list(bound.find_all(exp.Placeholder)):
+        if _secret_name(node) is not None:
+            continue  # bound last, by bind_secrets
         name = str(node.name)[len(ATTR_PREFIX) :]
         if name not in principal.attributes:
             raise FragmentError(

@@ -14,13 +14,28 @@ True
 False
 >>> function_name(sqlglot.parse_one("read_csv('/etc/passwd')", read="duckdb"))
 'read_csv'
+
+A policy may add DuckDB functions (``functions: {allow: [...]}``), but never
+one of :data:`NEVER_ALLOWED`:
+
+>>> is_allowed(sqlglot.parse_one("jaccard(a, b)", read="duckdb"), extra_names={"jaccard"})
+True
+>>> policy_function_problem("read_text")
+"Function 'read_text' can never be allowed: it reads files, system state or settings"
+>>> policy_function_problem("jacard")
+"Unknown function 'jacard'. Did you mean 'jaccard'?"
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import fnmatch
+import functools
+from collections.abc import Iterable, Mapping
 
+import duckdb
 from sqlglot import exp
+
+from gateway.errors import did_you_mean
 
 # sqlglot expression classes (by class name) that are safe to evaluate: pure
 # functions of their arguments. A name sqlglot does not define is a bug here,
@@ -134,6 +149,81 @@ ALLOWED_FUNCTION_NAMES: frozenset[str] = frozenset(
 )
 
 
+# Functions a policy may never add to the allow-list, as lowercase glob
+# patterns. Each reads files, the network, the catalog, settings, variables or
+# the query text (which holds bound secrets), changes state, or raises errors
+# an analyst controls. The built-in lists above contain none of them (tested).
+NEVER_ALLOWED: tuple[str, ...] = (
+    # files, network and other data sources
+    "read_*", "write_*", "glob", "sniff_csv", "parquet_*", "iceberg_*", "delta_*",
+    "postgres_*", "sqlite_*", "mysql_*", "http_*", "json_execute_serialized_sql",
+    "arrow_scan*", "from_substrait*", "get_substrait*", "load_aws_credentials",
+    # running other SQL, or showing it
+    "query", "query_table", "current_query", "json_serialize_sql", "json_deserialize_sql",
+    "sql_auto_complete",
+    # the catalog, the configuration, the environment, variables, secrets
+    "duckdb_*", "pragma_*", "pg_*", "has_*_privilege", "information_schema*",
+    "getenv", "getvariable", "current_setting", "current_schema", "current_schemas",
+    "current_database", "current_catalog", "current_user", "current_role", "session_user",
+    "user", "in_search_path", "which_secret", "col_description", "obj_description",
+    "shobj_description", "version", "platform", "stats",
+    # side effects, state and analyst-controlled errors
+    "nextval", "currval", "setseed", "txid_current", "checkpoint", "force_checkpoint",
+    "install_*", "load_*", "enable_*", "disable_*", "export_*", "import_*", "error",
+)  # fmt: skip
+
+
+def never_allowed(name: str) -> bool:
+    """True when ``name`` matches :data:`NEVER_ALLOWED`.
+
+    >>> never_allowed("read_csv_auto"), never_allowed("duckdb_settings"), never_allowed("sha256")
+    (True, True, False)
+    """
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in NEVER_ALLOWED)
+
+
+@functools.lru_cache(maxsize=1)
+def duckdb_function_types() -> Mapping[str, frozenset[str]]:
+    """DuckDB's own functions: lowercased name → its kinds (``scalar``, ``table``, ...).
+
+    Read once from a fresh in-memory connection (built-in functions only).
+    """
+    con = duckdb.connect(":memory:")
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT lower(function_name), function_type FROM duckdb_functions()"
+        ).fetchall()
+    finally:
+        con.close()
+    kinds: dict[str, set[str]] = {}
+    for name, kind in rows:
+        kinds.setdefault(str(name), set()).add(str(kind))
+    return {name: frozenset(k) for name, k in kinds.items()}
+
+
+#: Kinds of DuckDB function that can be called inside an expression.
+EXPRESSION_KINDS = frozenset({"scalar", "aggregate", "macro"})
+
+
+def policy_function_problem(name: str) -> str | None:
+    """Why a policy may not add ``name`` to the allow-list, or ``None`` when it may."""
+    lowered = name.lower()
+    if never_allowed(lowered):
+        return (
+            f"Function '{name}' can never be allowed: it reads files, system state or settings"
+        )
+    kinds = duckdb_function_types().get(lowered)
+    if kinds is None:
+        return f"Unknown function '{name}'.{did_you_mean(lowered, duckdb_function_types())}"
+    if not kinds & EXPRESSION_KINDS:
+        return (
+            f"Function '{name}' is a {'/'.join(sorted(kinds))} function; only scalar and "
+            "aggregate functions can be allowed (table functions are never allowed in FROM)"
+        )
+    return None
+
+
 def function_name(node: exp.Func) -> str:
     """The lowercased name a person would write for ``node``."""
     if isinstance(node, exp.Anonymous):
@@ -147,14 +237,26 @@ def is_allowed(
     *,
     extra_names: Iterable[str] = (),
 ) -> bool:
-    """True when the function call ``node`` is on the allow-list."""
+    """True when the function call ``node`` is on the allow-list.
+
+    ``extra_names`` are the names a policy adds; a typed sqlglot expression is
+    matched by any of its SQL names (``random`` for ``exp.Rand``). Names in
+    :data:`NEVER_ALLOWED` stay refused whatever ``extra_names`` holds.
+    """
+    extra = {n.lower() for n in extra_names}
     if isinstance(node, exp.Anonymous):
         name = str(node.name).lower()
-        return name in ALLOWED_FUNCTION_NAMES or name in {n.lower() for n in extra_names}
-    return type(node) in ALLOWED_EXPRESSIONS
+        if name in ALLOWED_FUNCTION_NAMES:
+            return True
+        return name in extra and not never_allowed(name)
+    if type(node) in ALLOWED_EXPRESSIONS:
+        return True
+    names = {n.lower() for n in type(node).sql_names()}
+    return bool(names & extra) and not any(never_allowed(n) for n in names)
 
 
-def allowed_names() -> frozenset[str]:
+def allowed_names(extra_names: Iterable[str] = ()) -> frozenset[str]:
     """Every allowed function name, for "did you mean" suggestions."""
     typed = {n.lower() for cls in ALLOWED_EXPRESSIONS for n in cls.sql_names()}
-    return ALLOWED_FUNCTION_NAMES | typed
+    extra = {n.lower() for n in extra_names if not never_allowed(n)}
+    return ALLOWED_FUNCTION_NAMES | typed | extra

@@ -24,10 +24,11 @@ gateway.errors.PolicyError: p.yaml:4: rolse: Unknown key 'rolse'. Did you mean '
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -36,8 +37,8 @@ from sqlglot import exp
 
 from gateway.errors import PolicyError, did_you_mean
 from policy.check import check_against_schemas
-from policy.expressions import FragmentError, parse_fragment
-from policy.functions import allowed_names, function_name, is_allowed
+from policy.expressions import FragmentError, parse_fragment, secrets_used
+from policy.functions import allowed_names, function_name, is_allowed, policy_function_problem
 from policy.model import (
     FILE_FORMATS,
     FORMATS,
@@ -47,6 +48,7 @@ from policy.model import (
     Dataset,
     DatasetGrant,
     Domain,
+    Functions,
     Limits,
     LimitsOverride,
     Policy,
@@ -60,15 +62,29 @@ __all__ = ["check_against_schemas", "load_policy", "parse_policy"]
 
 T = TypeVar("T")
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
+log = logging.getLogger("stockade.policy")
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a filter or mask may use: the policy's secrets and extra functions."""
+
+    secrets: Collection[str] = ()
+    functions: Collection[str] = ()
 
 
 @dataclass(frozen=True)
 class _Node:
-    """A YAML node with where it is (file, line, path) for error messages."""
+    """A YAML node with where it is (file, line, path) for error messages.
+
+    ``lines`` is shared by every node of one file: each path met is recorded
+    with its line, for :attr:`Policy.lines`.
+    """
 
     node: yaml.Node
     path: str
     file: str | None
+    lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def line(self) -> int:
@@ -77,8 +93,10 @@ class _Node:
     def error(self, message: str) -> PolicyError:
         return PolicyError(message, where=self.path or None, file=self.file, line=self.line)
 
-    def child(self, node: yaml.Node, key: str) -> _Node:
-        return _Node(node, f"{self.path}.{key}" if self.path else key, self.file)
+    def child(self, node: yaml.Node, key: str, *, line_node: yaml.Node | None = None) -> _Node:
+        child = _Node(node, f"{self.path}.{key}" if self.path else key, self.file, self.lines)
+        self.lines.setdefault(child.path, int((line_node or node).start_mark.line) + 1)
+        return child
 
     def mapping(
         self, allowed: Collection[str], *, required: Collection[str] = ()
@@ -99,7 +117,7 @@ class _Node:
                     f"Unknown key '{key}'.{did_you_mean(key, allowed)}"
                     + ("" if did_you_mean(key, allowed) else f" Allowed keys: {_keys(allowed)}")
                 )
-            out[key] = self.child(value_node, key)
+            out[key] = self.child(value_node, key, line_node=key_node)
         for key in required:
             if key not in out:
                 raise self.error(f"Missing required key '{key}'")
@@ -165,7 +183,9 @@ class _Node:
             raise self.error("Expected a list of names")
         out = []
         for i, item in enumerate(self.node.value):
-            out.append(_Node(item, f"{self.path}[{i}]", self.file).as_str())
+            child = _Node(item, f"{self.path}[{i}]", self.file, self.lines)
+            self.lines.setdefault(child.path, child.line)
+            out.append(child.as_str())
         return tuple(out)
 
     def as_secret(self) -> str:
@@ -216,8 +236,9 @@ def parse_policy(
         raise PolicyError(f"Not valid YAML: {problem}", file=filename, line=line) from None
     if root is None:
         raise PolicyError("The policy file is empty", file=filename)
-    top = _Node(root, "", filename).mapping(
-        ("version", "domain", "datasets", "roles", "limits"),
+    lines: dict[str, int] = {}
+    top = _Node(root, "", filename, lines).mapping(
+        ("version", "domain", "datasets", "roles", "limits", "secrets", "functions"),
         required=("version", "domain", "datasets"),
     )
     version = top["version"].as_int()
@@ -225,14 +246,23 @@ def parse_policy(
         raise top["version"].error(f"Unsupported policy version {version}; this gateway reads 1")
     base = Path(base_dir)
     domain = _domain(top["domain"])
-    datasets = {name: _dataset(name, node, base) for name, node in top["datasets"].names().items()}
+    secrets = _secrets(top["secrets"]) if "secrets" in top else {}
+    functions = _functions(top["functions"]) if "functions" in top else Functions()
+    context = _Context(secrets=tuple(secrets), functions=functions.allow)
+    datasets = {
+        name: _dataset(name, node, base, context)
+        for name, node in top["datasets"].names().items()
+    }
     _check_unique_ci("dataset", top["datasets"], datasets)
     limits = Limits()
     if "limits" in top:
         limits = limits.merged(_limits(top["limits"]))
     roles = {}
     if "roles" in top:
-        roles = {name: _role(name, node, datasets) for name, node in top["roles"].names().items()}
+        roles = {
+            name: _role(name, node, datasets, context)
+            for name, node in top["roles"].names().items()
+        }
     return Policy(
         domain=domain,
         datasets=datasets,
@@ -240,7 +270,49 @@ def parse_policy(
         version=version,
         limits=limits,
         file=filename,
+        secrets=secrets,
+        functions=functions,
+        lines=lines,
     )
+
+
+def _secrets(node: _Node) -> dict[str, str]:
+    """``secrets:``: name → ``{"$env": NAME}`` (or, discouraged, literal text).
+
+    Messages name the secret and the variable, never a value.
+    """
+    out: dict[str, str] = {}
+    for name, entry in node.names().items():
+        _name_node(entry, name)
+        if isinstance(entry.node, yaml.MappingNode):
+            value = entry.as_secret()
+        elif isinstance(entry.node, yaml.ScalarNode) and entry.node.tag.endswith(":str"):
+            value = str(entry.node.value)
+            log.warning(
+                "%s: secret '%s' is written in the policy file; read it from the "
+                'environment instead: {"$env": NAME}',
+                entry.file or "policy",
+                name,
+            )
+        else:
+            raise entry.error('Expected {"$env": NAME} (or text) for a secret')
+        if not value:
+            raise entry.error(f"Secret '{name}' is empty")
+        out[name] = value
+    return out
+
+
+def _functions(node: _Node) -> Functions:
+    """``functions: {allow: [...]}``: DuckDB functions added to the allow-list."""
+    e = node.mapping(("allow",))
+    names = _opt(e, "allow", _Node.as_str_list) or ()
+    for i, name in enumerate(names):
+        problem = policy_function_problem(name)
+        if problem is not None:
+            item = e["allow"]
+            where = _Node(item.node.value[i], f"{item.path}[{i}]", item.file, item.lines)
+            raise where.error(problem)
+    return Functions(allow=names)
 
 
 def _check_unique_ci(kind: str, node: _Node, names: Collection[str]) -> None:
@@ -267,10 +339,10 @@ def _limits(node: _Node) -> LimitsOverride:
     )
 
 
-def _dataset(name: str, node: _Node, base: Path) -> Dataset:
+def _dataset(name: str, node: _Node, base: Path, context: _Context) -> Dataset:
     _name_node(node, name)
     e = node.mapping(("description", "tags", "tables"), required=("tables",))
-    tables = {t: _table(t, n, base) for t, n in e["tables"].names().items()}
+    tables = {t: _table(t, n, base, context) for t, n in e["tables"].names().items()}
     _check_unique_ci("table", e["tables"], tables)
     return Dataset(
         name=name,
@@ -287,7 +359,7 @@ def _name_node(node: _Node, name: str) -> None:
         )
 
 
-def _table(name: str, node: _Node, base: Path) -> Table:
+def _table(name: str, node: _Node, base: Path, context: _Context) -> Table:
     _name_node(node, name)
     e = node.mapping(
         (
@@ -297,6 +369,7 @@ def _table(name: str, node: _Node, base: Path) -> Table:
             "max_rows_per_unit",
             "row_filter",
             "columns",
+            "join_keys",
         ),
         required=("source",),
     )
@@ -305,10 +378,10 @@ def _table(name: str, node: _Node, base: Path) -> Table:
         _check_unique_ci("column", e["columns"], columns)
         for c, n in e["columns"].names().items():
             if columns[c].mask is not None:
-                _check_fragment(n.mapping(())["mask"], columns[c].mask or "")
+                _check_fragment(n.mapping(())["mask"], columns[c].mask or "", context)
     row_filter = _opt(e, "row_filter", _Node.as_str)
     if row_filter is not None:
-        _check_fragment(e["row_filter"], row_filter)
+        _check_fragment(e["row_filter"], row_filter, context)
     return Table(
         name=name,
         source=_source(e["source"], base),
@@ -317,6 +390,7 @@ def _table(name: str, node: _Node, base: Path) -> Table:
         max_rows_per_unit=_opt(e, "max_rows_per_unit", lambda n: n.as_int(minimum=1)),
         row_filter=row_filter,
         columns=columns,
+        join_keys=_opt(e, "join_keys", _Node.as_str_list),
     )
 
 
@@ -357,18 +431,24 @@ def _column(node: _Node) -> ColumnPolicy:
     return column
 
 
-def _check_fragment(node: _Node, text: str) -> None:
+def _check_fragment(node: _Node, text: str, context: _Context) -> None:
     """Parse a filter or mask now so that syntax errors carry the YAML line."""
     try:
         parsed = parse_fragment(text)
     except FragmentError as err:
         raise node.error(err.message) from None
-    for func in parsed.find_all(exp.Func):
-        if not is_allowed(func):
-            name = function_name(func)
+    for secret in secrets_used(parsed):
+        if secret not in context.secrets:
+            known = did_you_mean(secret, context.secrets)
             raise node.error(
-                f"Function '{name}' is not allowed.{did_you_mean(name, allowed_names())}"
+                f"Unknown secret '{secret}'.{known}"
+                + ("" if known else " Declare it under 'secrets:' at the top of the policy")
             )
+    for func in parsed.find_all(exp.Func):
+        if not is_allowed(func, extra_names=context.functions):
+            name = function_name(func)
+            suggestion = did_you_mean(name, allowed_names(context.functions))
+            raise node.error(f"Function '{name}' is not allowed.{suggestion}")
 
 
 def _mode(node: _Node) -> str:
@@ -380,9 +460,15 @@ def _mode(node: _Node) -> str:
     return mode
 
 
-def _role(name: str, node: _Node, datasets: dict[str, Dataset]) -> Role:
+def _role(
+    name: str, node: _Node, datasets: dict[str, Dataset], context: _Context
+) -> Role:
     _name_node(node, name)
-    e = node.mapping(("datasets", "admin", "description", "limits"))
+    e = node.mapping(("datasets", "admin", "description", "limits", "functions"))
+    functions = _functions(e["functions"]) if "functions" in e else Functions()
+    context = _Context(
+        secrets=context.secrets, functions=(*context.functions, *functions.allow)
+    )
     grants: dict[str, DatasetGrant] = {}
     if "datasets" in e:
         for ds_name, ds_node in e["datasets"].names().items():
@@ -390,17 +476,18 @@ def _role(name: str, node: _Node, datasets: dict[str, Dataset]) -> Role:
                 raise ds_node.error(
                     f"Unknown dataset '{ds_name}'.{did_you_mean(ds_name, datasets)}"
                 )
-            grants[ds_name] = _dataset_grant(ds_node, datasets[ds_name])
+            grants[ds_name] = _dataset_grant(ds_node, datasets[ds_name], context)
     return Role(
         name=name,
         datasets=grants,
         admin=_opt(e, "admin", _Node.as_bool) or False,
         description=_opt(e, "description", _Node.as_str) or "",
         limits=_opt(e, "limits", _limits),
+        functions=functions,
     )
 
 
-def _dataset_grant(node: _Node, dataset: Dataset) -> DatasetGrant:
+def _dataset_grant(node: _Node, dataset: Dataset, context: _Context) -> DatasetGrant:
     e = node.mapping(
         ("mode", "row_filter", "min_group_size", "epsilon_per_query", "budget", "tables"),
         required=("mode",),
@@ -408,7 +495,7 @@ def _dataset_grant(node: _Node, dataset: Dataset) -> DatasetGrant:
     mode = _mode(e["mode"])
     row_filter = _opt(e, "row_filter", _Node.as_str)
     if row_filter is not None:
-        _check_fragment(e["row_filter"], row_filter)
+        _check_fragment(e["row_filter"], row_filter, context)
     tables: dict[str, TableGrant] = {}
     table_nodes: dict[str, _Node] = e["tables"].names() if "tables" in e else {}
     if table_nodes:
@@ -418,7 +505,7 @@ def _dataset_grant(node: _Node, dataset: Dataset) -> DatasetGrant:
                     f"Unknown table '{t_name}' in dataset '{dataset.name}'."
                     f"{did_you_mean(t_name, dataset.tables)}"
                 )
-            tables[t_name] = _table_grant(t_node)
+            tables[t_name] = _table_grant(t_node, context)
     grant = DatasetGrant(
         mode=mode,
         row_filter=row_filter,
@@ -447,11 +534,11 @@ def _dataset_grant(node: _Node, dataset: Dataset) -> DatasetGrant:
     return grant
 
 
-def _table_grant(node: _Node) -> TableGrant:
+def _table_grant(node: _Node, context: _Context) -> TableGrant:
     e = node.mapping(("mode", "row_filter", "hidden", "min_group_size"))
     row_filter = _opt(e, "row_filter", _Node.as_str)
     if row_filter is not None:
-        _check_fragment(e["row_filter"], row_filter)
+        _check_fragment(e["row_filter"], row_filter, context)
     return TableGrant(
         mode=_opt(e, "mode", _mode),
         row_filter=row_filter,

@@ -90,6 +90,13 @@ class ColumnPolicy:
 
 @dataclass(frozen=True)
 class Table:
+    """One table of a dataset.
+
+    ``join_keys`` ``None`` lets a query join the table on any visible column;
+    a tuple (possibly empty) limits every join condition to equality on those
+    columns (see :mod:`policy.rules.check_joins`).
+    """
+
     name: str
     source: Source
     description: str = ""
@@ -97,6 +104,7 @@ class Table:
     max_rows_per_unit: int | None = None
     row_filter: str | None = None
     columns: Mapping[str, ColumnPolicy] = field(default_factory=dict)
+    join_keys: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", _frozen_map(self.columns))
@@ -150,6 +158,20 @@ class DatasetGrant:
 
 
 @dataclass(frozen=True)
+class Functions:
+    """DuckDB function names added to the built-in allow-list (lowercased).
+
+    >>> Functions(allow=("Jaccard",)).allow
+    ('jaccard',)
+    """
+
+    allow: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", tuple(n.lower() for n in self.allow))
+
+
+@dataclass(frozen=True)
 class Role:
     """A role: its dataset grants, whether it is an admin, its limit overrides.
 
@@ -162,6 +184,7 @@ class Role:
     admin: bool = False
     description: str = ""
     limits: LimitsOverride | None = None
+    functions: Functions = field(default_factory=Functions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "datasets", _frozen_map(self.datasets))
@@ -169,7 +192,20 @@ class Role:
 
 @dataclass(frozen=True)
 class Policy:
-    """A whole, validated policy file."""
+    """A whole, validated policy file.
+
+    ``secrets`` holds the values of the ``secrets:`` section (read from the
+    environment at load); they are left out of ``repr`` so that they cannot
+    reach a log or an error by accident. ``lines`` maps a path in the file
+    (``datasets.oncology.tables.screenings.columns.zip``) to its YAML line, for
+    messages about a policy already loaded; it takes no part in equality.
+
+    >>> p = Policy(Domain("d"), {}, {}, secrets={"salt": "pepper"})
+    >>> "pepper" in repr(p), p.secrets["salt"]
+    (False, 'pepper')
+    >>> p.line_of("datasets.s.tables.t.row_filter") is None
+    True
+    """
 
     domain: Domain
     datasets: Mapping[str, Dataset]
@@ -177,10 +213,30 @@ class Policy:
     version: int = 1
     limits: Limits = field(default_factory=Limits)
     file: str | None = None
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    functions: Functions = field(default_factory=Functions)
+    lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "datasets", _frozen_map(self.datasets))
         object.__setattr__(self, "roles", _frozen_map(self.roles))
+        object.__setattr__(self, "secrets", MappingProxyType(dict(self.secrets)))
+        object.__setattr__(self, "lines", MappingProxyType(dict(self.lines)))
+
+    def line_of(self, path: str) -> int | None:
+        """The YAML line of ``path``, or of its nearest ancestor the file names."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut] if cut > 0 else ""
+        return None
+
+    def functions_for(self, role: str) -> frozenset[str]:
+        """Function names the policy adds to the allow-list for ``role``."""
+        found = self.roles.get(role)
+        extra = found.functions.allow if found else ()
+        return frozenset((*self.functions.allow, *extra))
 
     def limits_for(self, role: str) -> Limits:
         """The domain limits with the role's overrides applied."""

@@ -33,18 +33,21 @@ WHERE "t"."age" > ? LIMIT 100
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from sqlglot import exp
 
 from gateway.errors import StockadeError
 from policy.access import catalog_for
+from policy.expressions import bind_secrets, secrets_used
 from policy.model import Policy
 from policy.principal import Principal
 from policy.rules.apply_table_policy import apply_table_policy
 from policy.rules.check_functions import check_functions
+from policy.rules.check_joins import check_joins
 from policy.rules.check_modes import check_modes
+from policy.rules.enforce_aggregate import enforce_aggregate
 from policy.rules.enforce_limits import enforce_limits
 from policy.rules.parse import parse
 from policy.rules.qualify_columns import qualify_columns
@@ -61,6 +64,8 @@ RULES: tuple[Rule, ...] = (
     check_modes,
     check_functions,
     qualify_columns,
+    check_joins,
+    enforce_aggregate,
     apply_table_policy,
     enforce_limits,
 )
@@ -77,12 +82,32 @@ class TableUse:
 
 @dataclass(frozen=True)
 class QueryPlan:
-    """What to execute: DuckDB SQL (identifiers quoted) and what it touches."""
+    """What to execute: DuckDB SQL (identifiers quoted) and what it touches.
 
-    sql: str
-    expression: exp.Expr
+    ``sql`` holds the policy's secrets as literals: run it, never show or log
+    it (it and ``expression`` are left out of ``repr``). ``display_sql`` is the
+    same query with each secret written ``{secret.NAME}`` (equal to ``sql``
+    when no secret is used); ``redact`` does the same to any text, e.g. an
+    engine error about this query.
+    """
+
+    sql: str = field(repr=False)
+    expression: exp.Expr = field(repr=False)
     tables: tuple[TableUse, ...]
     parameter_count: int
+    display_sql: str = ""
+    secret_values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.display_sql:
+            object.__setattr__(self, "display_sql", self.sql)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret value this plan binds replaced by its name."""
+        for name, value in sorted(self.secret_values.items(), key=lambda kv: -len(kv[1])):
+            if value:
+                text = text.replace(value, f"{{secret.{name}}}")
+        return text
 
 
 def _placeholders(expression: exp.Expr) -> list[str]:
@@ -124,6 +149,8 @@ def plan_query(
                     if use not in uses:
                         uses.append(use)
         expression = rule(expression, **context)
+    used = secrets_used(expression)
+    expression, shown = bind_secrets(expression, policy.secrets)
     if _placeholders(expression) != parameters:
         raise StockadeError("The rewrite changed the query's parameters")
     return QueryPlan(
@@ -131,4 +158,6 @@ def plan_query(
         expression=expression,
         tables=tuple(uses),
         parameter_count=len(parameters),
+        display_sql=shown.sql(dialect="duckdb", identify=True),
+        secret_values={name: policy.secrets[name] for name in used},
     )

@@ -14,6 +14,7 @@ TEST_POLICY = """\
 version: 1
 domain: {name: st_marys, description: "St Mary's test domain"}
 limits: {max_rows: 10000000, timeout_s: 60}
+secrets: {salt: {"$env": STOCKADE_TEST_SALT}}
 datasets:
   oncology:
     description: Cancer screening results
@@ -44,6 +45,8 @@ datasets:
         source: {format: arrow, path: data/codes.arrow}
       staff:
         source: {format: duckdb, path: data/hr.duckdb, table: main.staff}
+        columns:
+          id: {mask: "sha256({secret.salt} || CAST(id AS VARCHAR))"}
   bulk:
     description: A large table for streaming tests
     tables:
@@ -85,6 +88,8 @@ USERS = {
 }
 
 NUMBERS_ROWS = 6_000_000
+TEST_SALT = "pepper-4f1c9a"
+os.environ.setdefault("STOCKADE_TEST_SALT", TEST_SALT)
 
 
 def write_test_data(root: Path, *, screenings: int = 20_000) -> None:

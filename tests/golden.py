@@ -47,6 +47,13 @@ SCHEMAS: dict[tuple[str, str], dict[str, str]] = {
     ("billing", "invoices"): {"id": "INTEGER", "patient_id": "INTEGER", "amount": "DOUBLE"},
     ("billing", "rates"): {"code": "VARCHAR", "price": "DOUBLE"},
     ("vault", "notes"): {"id": "INTEGER", "text": "VARCHAR"},
+    ("registry", "people"): {
+        "pid": "INTEGER",
+        "name": "VARCHAR",
+        "zip": "VARCHAR",
+        "birth_year": "INTEGER",
+    },
+    ("registry", "visits"): {"pid": "INTEGER", "zip": "VARCHAR", "cost": "DOUBLE"},
 }
 
 DATA_SQL = """
@@ -70,6 +77,13 @@ CREATE TABLE billing.invoices AS SELECT * FROM (VALUES
 ) AS v(id, patient_id, amount);
 CREATE TABLE billing.rates AS SELECT * FROM (VALUES ('A', 1.5)) AS v(code, price);
 CREATE TABLE vault.notes AS SELECT * FROM (VALUES (1, 'top secret')) AS v(id, text);
+CREATE SCHEMA registry;
+CREATE TABLE registry.people AS SELECT * FROM (VALUES
+  (1, 'Ann', '10001', 1980), (2, 'Bob', '10002', 1975), (3, 'Cid', '20003', 1990)
+) AS v(pid, name, zip, birth_year);
+CREATE TABLE registry.visits AS SELECT * FROM (VALUES
+  (1, '10001', 20.0), (1, '10001', 35.5), (3, '20003', 12.25), (4, '10002', 8.0)
+) AS v(pid, zip, cost);
 """
 
 

@@ -16,9 +16,9 @@ ROOT = Path(__file__).parent.parent
 EXAMPLE = (ROOT / "policies.example.yaml").read_text()
 DOCS = (ROOT / "docs" / "policy.md").read_text()
 
-# Model fields that are not YAML keys: names are the mapping keys, and ``file``
-# is where the policy was read from.
-NOT_KEYS = {"name", "file"}
+# Model fields that are not YAML keys: names are the mapping keys, ``file`` is
+# where the policy was read from and ``lines`` where each key is in it.
+NOT_KEYS = {"name", "file", "lines"}
 
 
 def model_fields() -> list[tuple[str, str]]:
@@ -26,7 +26,7 @@ def model_fields() -> list[tuple[str, str]]:
     for cls in (
         model.Policy, model.Domain, model.Limits, model.LimitsOverride, model.Source,
         model.ColumnPolicy, model.Table, model.Dataset, model.Budget, model.TableGrant,
-        model.DatasetGrant, model.Role,
+        model.DatasetGrant, model.Role, model.Functions,
     ):  # fmt: skip
         for f in dataclasses.fields(cls):
             if f.name not in NOT_KEYS:

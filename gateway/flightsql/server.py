@@ -89,7 +89,7 @@ _FLIGHT_SQL_ACTIONS = [
     ("ClosePreparedStatement", "Close a prepared statement"),
     ("CancelQuery", "Ask to cancel a query (Stockade queries are not cancellable)"),
     ("CloseSession", "Close the client's session"),
-    ("SetSessionOptions", "Set session options (none are supported)"),
+    ("SetSessionOptions", "Set session options"),
     ("GetSessionOptions", "Get session options"),
 ]
 _TRANSACTION_ACTIONS = {
@@ -99,7 +99,53 @@ _TRANSACTION_ACTIONS = {
     "EndSavepoint",
 }
 
+#: A session option's value; ``None`` is "unset".
+SessionValue = str | bool | int | float | list[str] | None
+
+_SESSION_ERRORS = {
+    "invalid_name": session_pb.SetSessionOptionsResult.INVALID_NAME,
+    "invalid_value": session_pb.SetSessionOptionsResult.INVALID_VALUE,
+    "error": session_pb.SetSessionOptionsResult.ERROR,
+}
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def session_value(message: session_pb.SessionOptionValue) -> SessionValue:
+    """The Python value of a session option (``None`` when no value is set).
+
+    >>> session_value(session_pb.SessionOptionValue(string_value="postgres"))
+    'postgres'
+    >>> session_value(session_pb.SessionOptionValue()) is None
+    True
+    """
+    kind = message.WhichOneof("option_value")
+    if kind is None:
+        return None
+    if kind == "string_list_value":
+        return list(message.string_list_value.values)
+    value: SessionValue = getattr(message, kind)
+    return value
+
+
+def session_value_message(value: SessionValue) -> session_pb.SessionOptionValue:
+    """The protobuf of a session option's value (the inverse of :func:`session_value`).
+
+    >>> session_value(session_value_message(["a", "b"])), session_value(session_value_message(2))
+    (['a', 'b'], 2)
+    """
+    message = session_pb.SessionOptionValue()
+    if isinstance(value, bool):
+        message.bool_value = value
+    elif isinstance(value, int):
+        message.int64_value = value
+    elif isinstance(value, float):
+        message.double_value = value
+    elif isinstance(value, str):
+        message.string_value = value
+    elif isinstance(value, list):
+        message.string_list_value.values.extend(value)
+    return message
 
 
 def _guard(method: F) -> F:
@@ -286,6 +332,24 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
             return identity.decode("utf-8", "replace")
         return str(identity or "")
 
+    def set_session_options(
+        self, context: flight.ServerCallContext, options: Mapping[str, SessionValue]
+    ) -> Mapping[str, str]:
+        """Apply session options (``None`` unsets one).
+
+        Returns the refused ones as ``{name: reason}``, reason ``invalid_name``,
+        ``invalid_value`` or ``error``; may also raise to fail the whole call.
+        Default: no option is known.
+        """
+        return {name: "invalid_name" for name in options}
+
+    def get_session_options(self, context: flight.ServerCallContext) -> Mapping[str, SessionValue]:
+        """The caller's session options."""
+        return {}
+
+    def close_session(self, context: flight.ServerCallContext) -> None:
+        """Forget the caller's session."""
+
     def custom_actions(self) -> Sequence[tuple[str, str]]:
         """``(type, description)`` of the extra actions :meth:`custom_action` runs."""
         return []
@@ -459,17 +523,28 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
             self.prepared.close(self.session_owner(context), request.prepared_statement_handle)
             return []
         if kind == "CloseSession":
+            self.close_session(context)
             closed = session_pb.CloseSessionResult.Status.CLOSED
             return [session_pb.CloseSessionResult(status=closed).SerializeToString()]
         if kind == "SetSessionOptions":
             request = session_pb.SetSessionOptionsRequest()
-            request.ParseFromString(body)
+            try:
+                request.ParseFromString(body)
+            except DecodeError:
+                raise InputError("Malformed SetSessionOptionsRequest") from None
+            options = {
+                name: session_value(value) for name, value in request.session_options.items()
+            }
             result = session_pb.SetSessionOptionsResult()
-            for option in request.session_options:
-                result.errors[option].value = session_pb.SetSessionOptionsResult.INVALID_NAME
+            for name, reason in self.set_session_options(context, options).items():
+                result.errors[name].value = _SESSION_ERRORS[reason]
             return [result.SerializeToString()]
         if kind == "GetSessionOptions":
-            return [session_pb.GetSessionOptionsResult().SerializeToString()]
+            answer = session_pb.GetSessionOptionsResult()
+            for name, value in self.get_session_options(context).items():
+                if value is not None:
+                    answer.session_options[name].CopyFrom(session_value_message(value))
+            return [answer.SerializeToString()]
         if kind == "CancelQuery":
             not_cancellable = pb.ActionCancelQueryResult.CANCEL_RESULT_NOT_CANCELLABLE
             return [pack(pb.ActionCancelQueryResult(result=not_cancellable))]

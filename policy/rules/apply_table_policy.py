@@ -8,16 +8,22 @@
 ``"oncology"."screenings"`` is the physical view the engine creates. Filters
 and masks may use hidden columns; ``{user.ATTR}`` placeholders are bound as
 typed literals.
+
+An ``aggregate``-mode table also exposes its privacy unit, under
+:data:`policy.rules.enforce_aggregate.UNIT_ALIAS`, to the block that counts it;
+only tables :func:`policy.rules.enforce_aggregate.enforce_aggregate` has checked
+may be read in that mode.
 """
 
 from __future__ import annotations
 
 from sqlglot import exp
 
-from gateway.errors import PolicyError
+from gateway.errors import PolicyError, StockadeError
 from policy.access import TableAccess, visible_columns
 from policy.expressions import bind_attributes, parse_fragment
 from policy.principal import Principal
+from policy.rules.enforce_aggregate import UNIT_ALIAS, UNIT_META
 from policy.schema import Catalog, Schemas, access_for, columns_for
 
 
@@ -65,6 +71,26 @@ def policy_subquery(
     return select
 
 
+def _with_unit(select: exp.Select, access: TableAccess, source: list[str]) -> exp.Select:
+    """``select`` also exposing the table's privacy unit as :data:`UNIT_ALIAS`."""
+    known = {c.lower(): c for c in source}
+    unit = known.get((access.privacy_unit or "").lower())
+    if unit is None:
+        raise PolicyError(
+            f"The privacy_unit of table '{access.qualified_name}' is not a column of its "
+            "source; check the policy against the source schema",
+            where=f"datasets.{access.dataset}.tables.{access.table}",
+        )
+    if UNIT_ALIAS in known:
+        raise PolicyError(
+            f"Table '{access.qualified_name}' has a column named '{UNIT_ALIAS}', a name "
+            "reserved by the gateway; rename it in the source",
+            where=f"datasets.{access.dataset}.tables.{access.table}",
+        )
+    column = exp.column(unit, table=access.table, quoted=True)
+    return select.select(exp.alias_(column, UNIT_ALIAS, quoted=True), copy=False)
+
+
 def apply_table_policy(
     expression: exp.Expr,
     *,
@@ -81,8 +107,14 @@ def apply_table_policy(
         source = list(columns_for(schemas, access))
         visible = list(visible_columns(access, columns_for(schemas, access)))
         alias = table.args.get("alias") or exp.TableAlias(this=exp.to_identifier(table.name))
-        subquery = exp.Subquery(
-            this=policy_subquery(access, source, visible, principal), alias=alias.copy()
-        )
+        select = policy_subquery(access, source, visible, principal)
+        if access.mode == "aggregate":
+            if not table.meta.get(UNIT_META):
+                raise StockadeError(
+                    f"Table '{access.qualified_name}' reached the rewrite without its "
+                    "aggregate-mode check"
+                )
+            select = _with_unit(select, access, source)
+        subquery = exp.Subquery(this=select, alias=alias.copy())
         table.replace(subquery)
     return expression

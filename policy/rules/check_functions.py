@@ -1,4 +1,9 @@
-"""Refuse every function that is not on the allow-list (invariant 2)."""
+"""Refuse every function that is not on the allow-list (invariant 2).
+
+The allow-list is the built-in one plus the names the policy adds, at the top
+level and for the principal's role (``functions: {allow: [...]}``); a function
+another role may call is refused like any other.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,17 @@ from sqlglot import exp
 from gateway.errors import ForbiddenFunctionError, did_you_mean
 from policy.functions import allowed_names, function_name, is_allowed
 from policy.locate import location
+from policy.model import Policy
+from policy.principal import Principal
 
 
-def check_functions(expression: exp.Expr, **_: object) -> exp.Expr:
+def check_functions(
+    expression: exp.Expr,
+    *,
+    policy: Policy | None = None,
+    principal: Principal | None = None,
+    **_: object,
+) -> exp.Expr:
     """Raise :class:`ForbiddenFunctionError` for the first function not allowed.
 
     >>> import sqlglot
@@ -19,8 +32,11 @@ def check_functions(expression: exp.Expr, **_: object) -> exp.Expr:
     ...     print(err)
     Function 'lenght' is not allowed. Did you mean 'length'? (line 1, column 8)
     """
+    extra: frozenset[str] = frozenset()
+    if policy is not None and principal is not None:
+        extra = policy.functions_for(principal.role)
     for node in expression.find_all(exp.Func):
-        if is_allowed(node):
+        if is_allowed(node, extra_names=extra):
             continue
         line, col = location(node)
         if isinstance(node, exp.Columns):
@@ -29,7 +45,7 @@ def check_functions(expression: exp.Expr, **_: object) -> exp.Expr:
             )
         name = function_name(node)
         raise ForbiddenFunctionError(
-            f"Function '{name}' is not allowed.{did_you_mean(name, allowed_names())}",
+            f"Function '{name}' is not allowed.{did_you_mean(name, allowed_names(extra))}",
             line=line,
             col=col,
         )

@@ -7,8 +7,9 @@ from sqlglot import exp
 from gateway.errors import NotSupportedError
 from policy.schema import Catalog, access_for
 
-#: Modes :func:`policy.rules.apply_table_policy.apply_table_policy` enforces.
-SUPPORTED_MODES = frozenset({"raw"})
+#: Modes the rules enforce: ``raw`` by :func:`policy.rules.apply_table_policy.apply_table_policy`,
+#: ``aggregate`` by :func:`policy.rules.enforce_aggregate.enforce_aggregate` with it.
+SUPPORTED_MODES = frozenset({"raw", "aggregate"})
 
 
 def check_modes(expression: exp.Expr, *, catalog: Catalog, **_: object) -> exp.Expr:

@@ -1,0 +1,202 @@
+"""Differential privacy side by side: plain DuckDB, SmartNoise alone, Stockade ``dp``.
+
+One process, one Parquet file per size, the same query
+``SELECT grp, COUNT(*) AS n, AVG(x) AS ax FROM t GROUP BY grp`` (10 groups,
+2 rows per privacy unit, ε = 0.5 per mechanism, δ = 1e-6):
+
+- **plain DuckDB**: the query itself on the gateway's locked engine (no privacy);
+- **SmartNoise alone**: ``snsql.PrivateReader`` over a DuckDB connection reading
+  the same file, with its default settings (per-unit sampling, scale search on
+  every call);
+- **Stockade dp**: :class:`gateway.dp.PrivateQueries` on the engine, including
+  the budget charge in the state store; rows per unit verified, so no sampling;
+- **Stockade dp, sampled**: the same with a source whose rows per unit cannot be
+  verified (the sample is kept).
+
+Every timed Stockade call is a fresh query (another user each time), never an
+answer from the result cache. Times are medians of ``--repeats`` runs after one
+warm-up. ``python -m bench.dp`` prints the Markdown rows for docs/benchmarks.md
+and writes them to bench/results/dp.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from argon2 import PasswordHasher
+
+import connectors
+from gateway.dp import PrivateQueries
+from gateway.dp.bounds import UnitBounds
+from gateway.engine import Engine
+from gateway.ledger import Ledger
+from gateway.state import StateStore
+from policy.loader import parse_policy
+from policy.principal import Principal
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+QUERY = "SELECT grp, COUNT(*) AS n, AVG(x) AS ax FROM t GROUP BY grp"
+EPSILON = 0.5
+DELTA = 1e-6
+
+POLICY = """\
+version: 1
+domain: {name: dpbench}
+datasets:
+  bench:
+    tables:
+      t:
+        source: {format: parquet, path: PATH}
+        privacy_unit: pid
+        max_rows_per_unit: 2
+        columns:
+          x: {lower: 0, upper: 100}
+roles:
+  analyst:
+    datasets:
+      bench: {mode: dp, epsilon_per_query: 0.5, budget: {epsilon: 1000000, delta: 0.5}}
+"""
+
+
+def make_data(rows: int) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"dp-{rows}.parquet"
+    if not path.exists():
+        con = duckdb.connect()
+        con.execute(f"""
+            COPY (SELECT i // 2 AS pid, (hash(i) % 10)::INTEGER AS grp,
+                         ((i * 7) % 100)::DOUBLE AS x
+                  FROM range({rows}) r(i)) TO '{path}' (FORMAT parquet)""")
+        con.close()
+    return path
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def smartnoise_alone(path: Path) -> Callable[[], Any]:
+    from snsql import Privacy
+    from snsql.metadata import Float, Int, Metadata, Table
+    from snsql.sql.private_reader import PrivateReader
+
+    from gateway.dp.reader import DuckDBReader
+
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    con.execute("CREATE SCHEMA bench")
+    con.execute(f"CREATE VIEW bench.t AS SELECT * FROM '{path}'")
+
+    def run_sql(sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        cur = con.cursor()
+        cur.execute(sql)
+        return [d[0] for d in cur.description], cur.fetchall()
+
+    class PlainReader(DuckDBReader):
+        """SmartNoise's SQL run as is (no relation, no rewrites)."""
+
+        def execute(self, query: str, *ignore: Any, accuracy: bool = False) -> list[Any]:
+            names, rows = run_sql(query)
+            return [tuple(names), *rows]
+
+    metadata = Metadata([Table("bench", "t", [Int("pid", is_key=True), Int("grp"),
+                                              Float("x", lower=0.0, upper=100.0)],
+                               max_ids=2)], engine="postgres")
+
+    def run() -> Any:
+        reader = PrivateReader(PlainReader(run_sql, ""), metadata,
+                               privacy=Privacy(epsilon=EPSILON, delta=DELTA))
+        return reader.execute(QUERY.replace("FROM t", "FROM bench.t"))
+
+    return run
+
+
+def measure(rows: int, repeats: int) -> dict[str, float]:
+    path = make_data(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = parse_policy(POLICY.replace("PATH", str(path)), base_dir=str(path.parent))
+        engine = Engine(Path(tmp) / "engine")
+        source = policy.datasets["bench"].tables["t"].source
+        engine.add_table("bench", "t", connectors.get("parquet").plan(
+            {"format": "parquet", "path": str(path)}, base_dir=path.parent, alias="src_t"))
+        assert source.path is not None
+        engine.start()
+        store = StateStore(Path(tmp) / "state", hasher=PasswordHasher(memory_cost=8192))
+        ledger = Ledger(store)
+        schemas = {("bench", "t"): engine.columns("bench", "t")}
+        fast = PrivateQueries(engine, ledger)
+        sampled = PrivateQueries(engine, ledger,
+                                 bounds=UnitBounds(engine, fingerprint=lambda d, t: None))
+        counter = iter(range(1_000_000))
+
+        def stockade(service: PrivateQueries) -> Callable[[], Any]:
+            def run() -> Any:
+                principal = Principal(f"user{next(counter)}", "analyst")
+                plan = service.plan(QUERY, policy=policy, principal=principal,
+                                    schemas=schemas, delta=DELTA)
+                return service.execute(plan)
+            return run
+
+        def plain() -> Any:
+            return engine.execute('SELECT grp, COUNT(*) AS n, AVG(x) AS ax '
+                                  'FROM "bench"."t" GROUP BY grp').read_all()
+
+        result = {"rows": float(rows)}
+        result["plain"] = timed(plain, repeats)
+        result["stockade"] = timed(stockade(fast), repeats)
+        result["stockade_sampled"] = timed(stockade(sampled), repeats)
+        result["smartnoise"] = timed(smartnoise_alone(path), max(2, repeats // 2))
+        result["plain_again"] = timed(plain, repeats)
+        store.close()
+        engine.close()
+    return result
+
+
+def markdown(results: list[dict[str, float]]) -> str:
+    lines = [
+        "| dp query, 10 groups (median) | rows | plain DuckDB | Stockade dp | SmartNoise alone "
+        "| dp / plain | SmartNoise / dp | Stockade dp, sampled |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        plain = min(r["plain"], r["plain_again"])
+        lines.append(
+            f"| `{QUERY}` | {int(r['rows']):,} | {plain:.1f} ms | {r['stockade']:.1f} ms "
+            f"| {r['smartnoise']:.0f} ms | {r['stockade'] / plain:.2f}× "
+            f"| {r['smartnoise'] / r['stockade']:.1f}× | {r['stockade_sampled']:.0f} ms |"
+        )
+    lines.append("")
+    lines.append("Goals: dp / plain ≤ 2×, SmartNoise / dp ≥ 10×. Sampling is kept when rows "
+                 "per unit cannot be verified (last column).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    results = [measure(rows, args.repeats) for rows in args.rows]
+    text = markdown(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "dp.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""dp mode end to end on the engine: accounting, cache, metadata, refusals, sampling."""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import sqlglot
+from sqlglot import exp
+from test_dp_env import DpEnv, open_env
+
+from gateway.dp.bounds import UnitBounds
+from gateway.dp.reader import duckdb_sql
+from gateway.dp.translate import DpQueryError
+from gateway.errors import InputError, StockadeError
+from gateway.ledger import ASK_FOR_MORE, BudgetExceededError
+
+
+@pytest.fixture
+def env(tmp_path: Path):  # type: ignore[no-untyped-def]
+    e = open_env(tmp_path)
+    yield e
+    e.close()
+
+
+def meta(table: pa.Table, key: str) -> str:
+    return table.schema.metadata[f"stockade.dp.{key}".encode()].decode()
+
+
+def test_cost_preview_charges_nothing(env: DpEnv) -> None:
+    plan = env.plan("SELECT site, COUNT(*) AS n, AVG(cost) AS c FROM visits GROUP BY site")
+    cost = env.dp.cost(plan)
+    # key count + COUNT(*) + SUM(cost) + COUNT(cost), 0.5 each; δ only for the key count.
+    assert (cost.epsilon, cost.delta) == (2.0, 1e-6)
+    assert env.ledger.charges() == []
+
+
+def test_exact_accounting_over_a_sequence_of_queries(env: DpEnv) -> None:
+    expected = [
+        ("SELECT COUNT(*) AS n FROM visits", 0.5, 0.0),
+        ("SELECT site, COUNT(*) AS n FROM visits GROUP BY site", 1.0, 1e-6),
+        ("SELECT AVG(cost) AS c FROM visits WHERE age > 30", 1.0, 0.0),
+        ("SELECT SUM(cost) AS s FROM visits", 0.5, 0.0),
+    ]
+    spent = 0.0
+    for sql, eps, delta in expected:
+        table = env.run(sql)
+        assert (float(meta(table, "epsilon_spent")), float(meta(table, "delta_spent"))) \
+            == (eps, delta)
+        spent += eps
+    b = env.ledger.balance("alice", "health")
+    assert (b.spent_epsilon, b.remaining_epsilon) == (3.0, 2.0)
+    assert (b.spent_delta, b.remaining_delta) == (1e-6, 9.9e-5)
+    assert meta(table, "epsilon_remaining") == "2.0"
+    assert meta(table, "delta_remaining") == "9.9e-05"
+
+
+def test_exhaustion_at_exactly_the_right_query(env: DpEnv) -> None:
+    for i in range(10):  # 10 × 0.5 = 5.0, the analyst's budget
+        env.run(f"SELECT COUNT(*) AS n FROM visits WHERE age > {i}")
+    with pytest.raises(BudgetExceededError, match=re.escape(
+            "Budget for dataset 'health' exhausted: 0 of 5 ε left, this query needs 0.5. "
+            + ASK_FOR_MORE)):
+        env.run("SELECT COUNT(*) AS n FROM visits WHERE age > 10")
+    assert env.ledger.balance("alice", "health").spent_epsilon == 5.0
+
+
+def test_fifty_concurrent_queries_against_a_budget_for_ten(env: DpEnv) -> None:
+    plans = [env.plan(f"SELECT COUNT(*) AS n FROM visits WHERE age >= {i}") for i in range(50)]
+    barrier = threading.Barrier(50)
+    answered: list[pa.Table] = []
+    refused: list[StockadeError] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            table = env.dp.execute(plans[i])
+            with lock:
+                answered.append(table)
+        except BudgetExceededError as exc:
+            with lock:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (len(answered), len(refused)) == (10, 40)
+    assert env.ledger.balance("alice", "health").spent_epsilon == 5.0
+    assert len(env.ledger.charges("alice")) == 10
+
+
+def test_a_repeated_query_is_answered_from_the_cache_for_free(tmp_path: Path) -> None:
+    sql = "SELECT site, COUNT(*) AS n FROM visits GROUP BY site ORDER BY site"
+    env = open_env(tmp_path)
+    first = env.run(sql)
+    again = env.run("select site,  count(*) as n from health.visits group by 1 order by site")
+    assert again.to_pydict() == first.to_pydict()
+    assert (meta(first, "cached"), meta(again, "cached")) == ("false", "true")
+    assert meta(again, "epsilon_spent") == "0.0"
+    assert env.ledger.balance("alice", "health").spent_epsilon == 1.0
+    # Another ε is another query; another user pays for their own.
+    assert meta(env.run(sql, epsilon=0.25), "epsilon_spent") == "0.5"
+    assert meta(env.run(sql, user="bob"), "cached") == "false"
+    env.close()
+    # After a restart the stored answer is still there: same noise, no charge.
+    env = open_env(tmp_path / "restarted", data=tmp_path)
+    env.store.close()
+    from argon2 import PasswordHasher
+
+    from gateway.dp import PrivateQueries
+    from gateway.ledger import Ledger
+    from gateway.state import StateStore
+    env.store = StateStore(tmp_path / "state", hasher=PasswordHasher(memory_cost=8192))
+    env.ledger = Ledger(env.store)
+    env.dp = PrivateQueries(env.engine, env.ledger)
+    after = env.run(sql)
+    assert after.to_pydict() == first.to_pydict() and meta(after, "cached") == "true"
+    assert env.ledger.balance("alice", "health").spent_epsilon == 1.5
+    env.close()
+
+
+def test_answer_metadata_names_mechanism_scale_and_interval(env: DpEnv) -> None:
+    table = env.run("SELECT site, COUNT(*) AS n, SUM(age) AS s, AVG(cost) AS c "
+                    "FROM visits GROUP BY site")
+    assert table.column_names == ["site", "n", "s", "c"]
+    assert table.schema.field("site").metadata is None
+    n = table.schema.field("n").metadata
+    # COUNT: sensitivity 1, 2 rows per unit, ε 0.5 -> scale 4 (OpenDP's search lands
+    # just above); 95 % half-width of Laplace(b) is b·ln 20.
+    scale = float(n[b"stockade.dp.scale"])
+    assert n[b"stockade.dp.mechanism"] == b"laplace" and 4.0 <= scale < 4.0001
+    assert float(n[b"stockade.dp.ci95_half_width"]) == pytest.approx(scale * 2.995732, rel=1e-6)
+    s = table.schema.field("s").metadata
+    assert 400.0 <= float(s[b"stockade.dp.scale"]) < 400.01  # bounds 0..100
+    c = table.schema.field("c").metadata
+    assert c[b"stockade.dp.derived"] == b"true"
+    assert len(c[b"stockade.dp.scale"].split(b",")) == 2  # SUM and COUNT
+    for key in ("epsilon_spent", "delta_spent", "epsilon_remaining", "delta_remaining"):
+        float(meta(table, key))
+
+
+def test_policy_applies_before_noise(env: DpEnv) -> None:
+    plan = env.plan("SELECT COUNT(*) AS n FROM visits")
+    assert '("visits"."consent")' in plan.query.relation_sql  # the table's row filter
+    assert "'***' AS \"name\"" in plan.query.relation_sql  # the mask
+    with pytest.raises(InputError, match="patient_id"):
+        env.plan("SELECT COUNT(*) FROM visits WHERE patient_id = 3")  # hidden
+    table = env.run("SELECT COUNT(*) AS n FROM visits")
+    # 1,800 consented rows; Laplace scale 2: 20 scales away is never seen.
+    assert abs(table["n"][0].as_py() - 1800) < 40
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("SELECT * FROM visits", "neither an aggregate nor in GROUP BY"),
+    ("SELECT site, cost FROM visits", "'site' is neither an aggregate nor in GROUP BY"),
+    ("SELECT MIN(cost) FROM visits", "MIN is not available in dp mode"),
+    ("SELECT MAX(cost) FROM visits", "use AVG, or COUNT(*) with a WHERE range"),
+    ("SELECT COUNT(DISTINCT site) FROM visits", "COUNT(DISTINCT ...) is not available"),
+    ("SELECT SUM(cost * 2) FROM visits", "SUM(x) * 2, not SUM(x * 2)"),
+    ("SELECT COUNT(*) FROM visits v JOIN people p ON v.age = p.id", "does not support joins"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM visits)", "does not support subqueries"),
+    ("WITH a AS (SELECT * FROM visits) SELECT COUNT(*) FROM a", "does not support WITH"),
+    ("SELECT COUNT(*) OVER () FROM visits", "does not support window functions"),
+    ("SELECT DISTINCT site FROM visits", "does not support SELECT DISTINCT"),
+    ("SELECT COUNT(*) FROM visits WHERE age > ?", "does not take query parameters"),
+    ("SELECT COUNT(*) FROM visits UNION ALL SELECT COUNT(*) FROM visits", "a single SELECT"),
+    ("SELECT median(cost) FROM visits", "Aggregate"),
+])
+def test_refusals_say_what_to_write(env: DpEnv, sql: str, message: str) -> None:
+    with pytest.raises(DpQueryError, match=re.escape(message)):
+        env.plan(sql)
+
+
+def test_unbounded_sum_is_refused(env: DpEnv) -> None:
+    plan = env.plan("SELECT SUM(patient_id) AS s FROM crowded")
+    with pytest.raises(InputError, match="no bounds in the policy"):
+        env.dp.cost(plan)
+    with pytest.raises(InputError, match="no bounds in the policy"):
+        env.dp.execute(plan)
+    assert env.ledger.charges() == []
+
+
+def test_raw_table_is_not_dp(env: DpEnv) -> None:
+    with pytest.raises(InputError, match="'raw' mode for your role, not 'dp'"):
+        env.plan("SELECT COUNT(*) FROM plain")
+
+
+def test_group_by_needs_delta(env: DpEnv) -> None:
+    with pytest.raises(InputError, match="needs δ > 0 to hide rare groups"):
+        env.plan("SELECT site, COUNT(*) FROM visits GROUP BY site", delta=0.0)
+    with pytest.raises(BudgetExceededError, match="no δ budget"):
+        env.run("SELECT site, COUNT(*) FROM visits GROUP BY site", user="carol", role="poor")
+
+
+def test_having_order_limit_apply_to_the_noisy_answer(env: DpEnv) -> None:
+    table = env.run("SELECT site, COUNT(*) AS n FROM visits GROUP BY site "
+                    "HAVING COUNT(*) > 100 ORDER BY site DESC LIMIT 2")
+    assert table["site"].to_pylist() == ["site3", "site2"]
+
+
+def test_rare_groups_are_censored(env: DpEnv) -> None:
+    # Grouping by the (masked) name makes 1,800 groups of one row each: all censored.
+    table = env.run("SELECT name, COUNT(*) AS n FROM visits WHERE age < 3 GROUP BY name")
+    assert table.num_rows == 0 or table["name"].to_pylist() == ["***"]
+    assert env.run("SELECT age, COUNT(*) AS n FROM visits WHERE age < 3 GROUP BY age "
+                   "ORDER BY age", user="bob").num_rows <= 3
+
+
+def test_rows_per_unit_are_verified_or_sampled(env: DpEnv) -> None:
+    bounds = env.dp.bounds
+    assert bounds.verify("health", "visits", "patient_id", 2) is not None
+    assert bounds.verify("health", "visits", "patient_id", 1) is None
+    assert bounds.verify("health", "crowded", "patient_id", 1) is None  # patient 0 twice
+    env.run("SELECT SUM(cost) AS s FROM visits")
+    assert "ROW_NUMBER" not in env.dp.last_sql[0]
+    env.run("SELECT SUM(cost) AS s FROM crowded")
+    assert "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)" in env.dp.last_sql[0]
+
+
+def test_unverifiable_sources_are_always_sampled(tmp_path: Path) -> None:
+    env = open_env(tmp_path)
+    from gateway.dp import PrivateQueries
+    env.dp = PrivateQueries(env.engine, env.ledger,
+                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
+    env.run("SELECT site, COUNT(*) AS n FROM visits GROUP BY site")
+    assert "ORDER BY __stockade_random" in env.dp.last_sql[0]
+    env.close()
+
+
+def test_sampling_rewrite_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) -> None:
+    # SmartNoise's own sampling SQL, over a relation with up to 2 rows per unit.
+    relation = 'SELECT "patient_id" AS u, "cost" AS v0 FROM "health"."visits"'
+    sampled = duckdb_sql(
+        "SELECT * FROM ( SELECT *, ROW_NUMBER ( ) OVER ( PARTITION BY u ORDER BY RANDOM ( ) ) "
+        "AS row_num FROM ( SELECT u AS u, v0 AS v0 FROM dp.rel ) AS clamped ) AS "
+        "per_key_random WHERE per_key_random.row_num <= 1", relation)
+    tree = sqlglot.parse_one(sampled, read="duckdb")
+    assert not any(w.args["order"].find(exp.Rand) for w in tree.find_all(exp.Window))
+    cur = env.engine.cursor()
+    per_unit = cur.execute(f"SELECT max(c), count(*) FROM (SELECT u, count(*) AS c "
+                           f"FROM ({sampled}) GROUP BY u)").fetchone()
+    assert per_unit == (1, 1000)  # every unit kept, with one row
+    picks = {cur.execute(f"SELECT v0 FROM ({sampled}) WHERE u = 7").fetchone()[0]
+             for _ in range(40)}
+    assert picks == {14.0, 15.0}  # both of unit 7's rows get chosen: a random sample
+    cur.close()
