@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 from google.protobuf import any_pb2
 
+from bench import dp as dp_bench
 from bench import policy_overhead
 from gateway.flightsql import flight_sql_pb2 as pb
 
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-n", type=int, default=300)
     parser.add_argument("--demo-rows", type=int, default=1_000_000,
                         help="demo screenings for the policy overhead")
+    parser.add_argument("--dp-rows", type=int, nargs="+", default=[1_000_000, 10_000_000],
+                        help="rows of the dp benchmark's data sets")
+    parser.add_argument("--dp-repeats", type=int, default=5)
     parser.add_argument("--overhead-n", type=int, default=30,
                         help="timed runs per query for the policy overhead")
     args = parser.parse_args(argv)
@@ -190,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(timeout=30)
     overhead = policy_overhead.measure(args.demo_rows, args.overhead_n)
-    report(results, args.scale, overhead, args.demo_rows)
+    dp_results = [dp_bench.measure(rows, args.dp_repeats) for rows in args.dp_rows]
+    report(results, args.scale, overhead, args.demo_rows, dp_bench.markdown(dp_results))
     return 0
 
 
@@ -214,7 +219,7 @@ def plot_overhead(overhead: list[policy_overhead.Overhead]) -> None:
 
 
 def report(r: dict[str, float], scale: float,
-           overhead: list[policy_overhead.Overhead], demo_rows: int) -> None:
+           overhead: list[policy_overhead.Overhead], demo_rows: int, dp_rows: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,7 +279,16 @@ as above ({policy_overhead.versions()}). The queries are in `bench/policy_overhe
 | query | plan_query, median | DuckDB execution, median | plan / execute | result rows |
 |---|---:|---:|---:|---:|
 {policy_overhead.markdown_rows(overhead)}
-"""
+
+## Differential privacy (`dp` mode)
+
+A `dp` query (COUNT and AVG over 10 groups, with censoring of rare groups) through
+`gateway.dp.PrivateQueries` — policy, SmartNoise's rewrite, the query on the locked
+engine, noise, and the durable budget charge — against the same plain aggregate in
+DuckDB and against SmartNoise SQL driven directly on the same data (its own reader
+over DuckDB, no caching), side by side in one run (`bench/dp.py`).
+
+{dp_rows}"""
     (DOCS / "benchmarks.md").write_text(text)
     print(text)
 

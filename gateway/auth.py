@@ -39,7 +39,7 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from gateway.dialects import DIALECT_HEADER
+from gateway.dialects import DIALECT_HEADER, EPSILON_HEADER
 from gateway.errors import AuthenticationError
 from gateway.flight_errors import to_flight_error
 from gateway.state import WRONG_CREDENTIALS, LoginError, StateStore, User
@@ -165,8 +165,9 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
     back in the ``authorization`` response header. ``session_id`` identifies the
     login (a digest of its bearer token, never the token): a client that logs in
     once per connection, as ADBC and JDBC do, keeps it for the connection.
-    ``dialect`` is the call's ``x-stockade-dialect`` header, if any (pyarrow's
-    call context has no header accessor, so it is read here).
+    ``dialect`` and ``epsilon`` are the call's ``x-stockade-dialect`` and
+    ``x-stockade-epsilon`` headers, if any (pyarrow's call context has no header
+    accessor, so they are read here).
     """
 
     def __init__(
@@ -177,6 +178,7 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         *,
         session_id: str | None = None,
         dialect: str | None = None,
+        epsilon: str | None = None,
     ) -> None:
         super().__init__()
         self.user = user
@@ -184,6 +186,7 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         self.token = token
         self.session_id = session_id
         self.dialect = dialect
+        self.epsilon = epsilon
 
     def sending_headers(self) -> dict[str, str]:
         if self.token is None:
@@ -270,18 +273,21 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         scheme, _, credentials = value.strip().partition(" ")
         scheme = scheme.lower()
         dialect = _first_header(headers, DIALECT_HEADER)
+        epsilon = _first_header(headers, EPSILON_HEADER)
         if scheme == "bearer":
             token = credentials.strip()
             user = self.store.user_for_token(token)
             return AuthMiddleware(user, self.principal_for(user),
-                                  session_id=session_id(token), dialect=dialect)
+                                  session_id=session_id(token), dialect=dialect,
+                                  epsilon=epsilon)
         if scheme == "basic":
             name, password = decode_basic(credentials)
             user = self._login(name, password)
             principal = self.principal_for(user)
             token = self.store.issue_token(user, self.token_ttl_s)
             return AuthMiddleware(user, principal, token,
-                                  session_id=session_id(token), dialect=dialect)
+                                  session_id=session_id(token), dialect=dialect,
+                                  epsilon=epsilon)
         raise AuthenticationError(MALFORMED_HEADER)
 
     def _login(self, name: str, password: str) -> User:

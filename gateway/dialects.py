@@ -39,9 +39,17 @@ DIALECT_HEADER = "x-stockade-dialect"
 #: ``adbc.flight.sql.session.option.stockade.dialect``).
 DIALECT_OPTION = "stockade.dialect"
 
+#: The header and session option that set a connection's or session's ε per query
+#: for ``dp`` tables (ADBC: ``adbc.flight.sql.rpc.call_header.x-stockade-epsilon`` or
+#: ``adbc.flight.sql.session.option.stockade.epsilon``).
+EPSILON_HEADER = "x-stockade-epsilon"
+EPSILON_OPTION = "stockade.epsilon"
+#: What a leading options comment may set: ``/* dialect: postgres; epsilon: 0.5 */``.
+QUERY_OPTIONS = ("dialect", "epsilon", "delta")
+
 # The first comment of the text, if the text starts with one.
 _LEADING_COMMENT = re.compile(r"\A\s*(?:/\*(?P<block>.*?)\*/|--(?P<line>[^\r\n]*))", re.DOTALL)
-_DIRECTIVE = re.compile(r"\s*dialect\s*:(?P<name>.*)\Z", re.DOTALL | re.IGNORECASE)
+_OPTION = re.compile(r"\A\s*(?P<key>[A-Za-z_]+)\s*:(?P<value>.*)\Z", re.DOTALL)
 
 
 def check_dialect(name: str) -> str:
@@ -59,29 +67,69 @@ def check_dialect(name: str) -> str:
     return canonical
 
 
-def query_dialect(sql: str) -> tuple[str | None, str]:
-    """The dialect a leading ``dialect:`` comment names, and ``sql`` without it.
+def query_options(sql: str) -> tuple[dict[str, str], str]:
+    """The options a leading comment sets, and ``sql`` with that comment blanked.
 
-    The comment is blanked out with spaces (newlines kept), so that line and
-    column numbers in error messages still point into the text as sent.
+    A leading comment is an options comment when every part of it (split on
+    ``;`` or ``,``) reads ``key: value``; a misspelt key is an error. The comment
+    is blanked out with spaces (newlines kept), so that line and column numbers
+    in error messages still point into the text as sent.
+
+    >>> query_options("/* dialect: postgres; epsilon: 0.5 */ SELECT 1")[0]
+    {'dialect': 'postgres', 'epsilon': '0.5'}
+    >>> query_options("/* just a comment */ SELECT 1")
+    ({}, '/* just a comment */ SELECT 1')
+    """
+    match = _LEADING_COMMENT.match(sql)
+    if match is None:
+        return {}, sql
+    body = match.group("block") if match.group("block") is not None else match.group("line")
+    parts = [p for p in re.split(r"[;,]", body) if p.strip()]
+    found = [_OPTION.match(p) for p in parts]
+    if not parts or not all(found):
+        return {}, sql
+    options: dict[str, str] = {}
+    for item in found:
+        assert item is not None
+        key, value = item.group("key").lower(), item.group("value").strip()
+        if key not in QUERY_OPTIONS:
+            raise InputError(
+                f"Unknown query option '{key}'.{did_you_mean(key, QUERY_OPTIONS)} "
+                f"Options: {', '.join(QUERY_OPTIONS)}."
+            )
+        if not value:
+            raise InputError(f"The query option '{key}' has no value; write /* {key}: … */")
+        options[key] = value
+    blank = re.sub(r"[^\r\n]", " ", sql[: match.end()])
+    return options, blank + sql[match.end():]
+
+
+def query_dialect(sql: str) -> tuple[str | None, str]:
+    """The dialect a leading options comment names, and ``sql`` without the comment.
 
     >>> query_dialect("-- dialect: spark\\nSELECT 1")
     ('spark', '                 \\nSELECT 1')
     >>> query_dialect("/* just a comment */ SELECT 1")
     (None, '/* just a comment */ SELECT 1')
     """
-    match = _LEADING_COMMENT.match(sql)
-    if match is None:
-        return None, sql
-    body = match.group("block") if match.group("block") is not None else match.group("line")
-    directive = _DIRECTIVE.match(body)
-    if directive is None:
-        return None, sql
-    name = directive.group("name").strip()
-    if not name:
-        raise InputError("The dialect comment names no dialect; write /* dialect: postgres */")
-    blank = re.sub(r"[^\r\n]", " ", sql[: match.end()])
-    return check_dialect(name), blank + sql[match.end():]
+    options, text = query_options(sql)
+    name = options.get("dialect")
+    return (check_dialect(name) if name else None), text
+
+
+def check_epsilon(value: object, *, what: str = "ε") -> float:
+    """A per-query ε (or δ) given as an option: a positive finite number.
+
+    >>> check_epsilon("0.25")
+    0.25
+    """
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, e.g. 0.5, not {value!r}") from None
+    if not (0 < number < float("inf")):
+        raise InputError(f"{what} must be a positive number, not {value!r}")
+    return number
 
 
 def resolve_dialect(

@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
+from sqlglot import exp
 
 import connectors
-from gateway.dialects import resolve_dialect
+from gateway.dialects import check_epsilon, query_options, resolve_dialect
+from gateway.dp import DpPlan, PrivateQueries
 from gateway.engine import Engine, EngineLimits
-from gateway.errors import PermissionDeniedError, StockadeError
+from gateway.errors import InputError, PermissionDeniedError, StockadeError
+from gateway.ledger import Ledger
 from gateway.parameters import placeholder_types
 from gateway.state import StateStore, User
 from policy.access import TableAccess, catalog_for, visible_columns
@@ -32,6 +35,10 @@ from policy.model import Policy
 from policy.pipeline import QueryPlan, plan_query
 from policy.principal import Principal
 from policy.rules.apply_table_policy import policy_subquery
+from policy.rules.parse import parse
+from policy.rules.resolve_tables import resolve_tables
+from policy.rules.validate_statement import validate_statement
+from policy.schema import access_for
 
 log = logging.getLogger("stockade.domain")
 
@@ -68,6 +75,13 @@ class Domain:
         # GetFlightInfo and DoGet of the same query, and any repeat of it, are planned once.
         self._plans: LruCache[tuple[Any, ...], QueryPlan] = LruCache(4096)
         self._result_schemas: LruCache[tuple[Any, ...], pa.Schema] = LruCache(4096)
+        # dp mode: SmartNoise over this engine, charging the state store's ledger.
+        self.ledger = Ledger(store)
+        self.dp = PrivateQueries(engine, self.ledger)
+        self._routes: LruCache[tuple[Any, ...], bool] = LruCache(4096)
+        # dp answers paid for at GetFlightInfo, waiting for the DoGet that fetches them
+        # (so that the stream carries the same spend metadata as the FlightInfo).
+        self._paid: LruCache[tuple[str, str], pa.Table] = LruCache(1024)
 
     @classmethod
     def open(
@@ -188,7 +202,12 @@ class Domain:
         parameters: Sequence[Any] | None = None,
         *,
         dialect: str | None = None,
+        epsilon: float | None = None,
     ) -> pa.Schema:
+        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+        if dp is not None:
+            _no_parameters(parameters)
+            return self.dp.result_schema(dp)
         plan = self.plan(principal, sql, dialect=dialect)
         params = list(parameters) if parameters is not None else [None] * plan.parameter_count
         key = (plan.sql, tuple(type(p).__name__ for p in params))
@@ -200,10 +219,90 @@ class Domain:
         self._result_schemas.put(key, schema)
         return schema
 
+    # -- dp mode --------------------------------------------------------------------
+
+    def reads_dp(self, principal: Principal, sql: str, *, dialect: str | None = None) -> bool:
+        """Whether ``sql`` reads a table that is in ``dp`` mode for ``principal``."""
+        resolved, text = resolve_dialect(sql, session=dialect)
+        key = (principal.role, text, resolved)
+        cached = self._routes.get(key)
+        if cached is not None:
+            return cached
+        expression = parse(text, dialect=resolved)
+        catalog = catalog_for(self.policy, principal)
+        context: dict[str, Any] = {"policy": self.policy, "principal": principal,
+                                   "schemas": self.schemas, "catalog": catalog}
+        expression = validate_statement(expression, **context)
+        expression = resolve_tables(expression, **context)
+        found = any(access_for(catalog, t).mode == "dp"
+                    for t in expression.find_all(exp.Table) if t.db)
+        self._routes.put(key, found)
+        return found
+
+    def dp_plan(
+        self,
+        principal: Principal,
+        sql: str,
+        *,
+        dialect: str | None = None,
+        epsilon: float | None = None,
+    ) -> DpPlan | None:
+        """The dp plan of ``sql``, or None when it reads no ``dp`` table.
+
+        ε and δ: a leading ``/* epsilon: …; delta: … */`` comment wins over
+        ``epsilon`` (the session's or connection's), which wins over the grant's
+        ``epsilon_per_query``.
+        """
+        if not self.reads_dp(principal, sql, dialect=dialect):
+            return None
+        options, _ = query_options(sql)
+        resolved, text = resolve_dialect(sql, session=dialect)
+        if "epsilon" in options:
+            epsilon = check_epsilon(options["epsilon"])
+        delta = check_epsilon(options["delta"], what="δ") if "delta" in options else None
+        return self.dp.plan(text, policy=self.policy, principal=principal,
+                            schemas=self.schemas, epsilon=epsilon, delta=delta,
+                            dialect=resolved)
+
+    def dp_cost(
+        self, principal: Principal, sql: str, *, dialect: str | None = None,
+        epsilon: float | None = None,
+    ) -> dict[str, Any]:
+        """What ``sql`` would cost ``principal`` in ``dp`` mode, charging nothing."""
+        plan = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+        if plan is None:
+            raise InputError("This query reads no table in dp mode: it costs no budget.")
+        cost = self.dp.cost(plan)
+        balance = self.ledger.balance(principal.user, plan.dataset,
+                                      default=plan.query.access.budget)
+        return {"dataset": plan.dataset, "table": plan.table,
+                "epsilon": cost.epsilon, "delta": cost.delta,
+                "epsilon_remaining": balance.remaining_epsilon,
+                "delta_remaining": balance.remaining_delta,
+                "answered_before": self.ledger.answer(plan.key) is not None}
+
+    def budgets(self, principal: Principal) -> list[dict[str, Any]]:
+        """``principal``'s ε/δ budget for each dataset they read in ``dp`` mode."""
+        out = []
+        datasets = {(a.dataset, a.budget) for a in catalog_for(self.policy, principal).values()
+                    if a.mode == "dp"}
+        for dataset, budget in sorted(datasets, key=lambda d: d[0]):
+            balance = self.ledger.balance(principal.user, dataset, default=budget)
+            out.append({"dataset": dataset,
+                        "epsilon_allowance": balance.allowance_epsilon,
+                        "epsilon_spent": balance.spent_epsilon,
+                        "epsilon_remaining": balance.remaining_epsilon,
+                        "delta_allowance": balance.allowance_delta,
+                        "delta_spent": balance.spent_delta,
+                        "delta_remaining": balance.remaining_delta})
+        return out
+
     def parameter_schema(
         self, principal: Principal, sql: str, *, dialect: str | None = None
     ) -> pa.Schema:
         """The schema of ``sql``'s parameters, typed where the query tells."""
+        if self.reads_dp(principal, sql, dialect=dialect):
+            return pa.schema([])
         plan = self.plan(principal, sql, dialect=dialect)
         schema: dict[str, dict[str, dict[str, str]]] = {}
         for (ds, table), columns in self.schemas.items():
@@ -220,6 +319,35 @@ class Domain:
             fields.append(pa.field(f"${i + 1}", arrow_type))
         return pa.schema(fields)
 
+    def answer_schema(
+        self,
+        principal: Principal,
+        sql: str,
+        parameters: Sequence[Any] | None = None,
+        *,
+        dialect: str | None = None,
+        epsilon: float | None = None,
+    ) -> pa.Schema:
+        """The schema of the answer the caller is about to fetch (GetFlightInfo).
+
+        For a ``dp`` query this is where the answer is computed and paid for:
+        its schema carries ε spent and remaining, which clients such as ADBC and
+        JDBC read from GetFlightInfo; the DoGet that follows returns that answer.
+        """
+        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+        if dp is None:
+            return self.result_schema(principal, sql, parameters, dialect=dialect)
+        _no_parameters(parameters)
+        answer = self._dp_answer(principal, dp)
+        self._paid.put((principal.user, dp.key), answer)
+        return answer.schema
+
+    def _dp_answer(self, principal: Principal, dp: DpPlan) -> pa.Table:
+        limits = self.policy.limits_for(principal.role)
+        log.info("dp query by %s on %s.%s at ε=%g", principal.user, dp.dataset, dp.table,
+                 dp.epsilon)
+        return self.dp.execute(dp, timeout_s=limits.timeout_s)
+
     def execute(
         self,
         principal: Principal,
@@ -227,9 +355,17 @@ class Domain:
         parameters: Sequence[Any] | None = None,
         *,
         dialect: str | None = None,
+        epsilon: float | None = None,
     ) -> pa.RecordBatchReader:
-        plan = self.plan(principal, sql, dialect=dialect)
         limits = self.policy.limits_for(principal.role)
+        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+        if dp is not None:
+            _no_parameters(parameters)
+            answer = self._paid.pop((principal.user, dp.key))
+            if answer is None:
+                answer = self._dp_answer(principal, dp)
+            return pa.RecordBatchReader.from_batches(answer.schema, answer.to_batches())
+        plan = self.plan(principal, sql, dialect=dialect)
         log.info("query by %s: %s", principal.user, plan.display_sql)
         with redacting(plan):
             reader = self.engine.execute(plan.sql, parameters or None,
@@ -242,6 +378,12 @@ class Domain:
                 yield from reader
 
         return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+def _no_parameters(parameters: Sequence[Any] | None) -> None:
+    if parameters:
+        raise InputError("Queries on dp tables take no parameters; write the values "
+                         "into the query.")
 
 
 @contextmanager

@@ -102,43 +102,15 @@ def to_flight_error(exc: BaseException) -> BaseException:
             "the server log has the details"
         )
     message = _clean(exc.message)
-    if exc.status == "resource_exhausted":
-        denied: type[BaseException] = flight.FlightUnauthorizedError
-        return denied(message, resource_exhausted_details(message))
     return (_BY_STATUS.get(exc.status) or _BY_STATUS["internal"])(message)
-
-
-#: gRPC's code for RESOURCE_EXHAUSTED (google.rpc.Code).
-GRPC_RESOURCE_EXHAUSTED = 8
-
-
-def resource_exhausted_details(message: str) -> bytes:
-    r"""A serialized ``google.rpc.Status`` with code RESOURCE_EXHAUSTED and ``message``.
-
-    Sent as the Flight error's ``extra_info``, which gRPC carries in the
-    ``grpc-status-details-bin`` trailer (Status: ``int32 code = 1; string
-    message = 2``).
-
-    >>> resource_exhausted_details("no budget")
-    b'\x08\x08\x12\tno budget'
-    """
-    text = message.encode()
-    return b"\x08" + _varint(GRPC_RESOURCE_EXHAUSTED) + b"\x12" + _varint(len(text)) + text
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 # Arrow's server cannot produce gRPC RESOURCE_EXHAUSTED (no Arrow status maps to
 # it), and UNAVAILABLE would invite clients to retry. An exhausted budget is
-# therefore PERMISSION_DENIED (FlightUnauthorizedError), with a google.rpc.Status
-# of code RESOURCE_EXHAUSTED attached as extra_info (see to_flight_error).
+# therefore PERMISSION_DENIED (FlightUnauthorizedError); the message says what is
+# left and what the query needs. (A google.rpc.Status of code RESOURCE_EXHAUSTED in
+# the error details is not an option: gRPC Go, under ADBC, rejects details whose
+# code differs from the call's status and reports an INTERNAL error instead.)
 _BY_STATUS: dict[str, type[BaseException]] = {
     "invalid_argument": _InvalidArgument,
     "not_found": _NotFound,

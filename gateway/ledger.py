@@ -159,6 +159,7 @@ class _Units:
     spent: tuple[int, int]
     cap: tuple[int, int] | None
     dataset_spent: tuple[int, int]
+    stored: bool = True  # whether the allowance has its row yet
 
 
 class Ledger:
@@ -176,6 +177,7 @@ class Ledger:
             "SELECT epsilon, delta FROM budget_allowances WHERE user_name = ? AND dataset = ?",
             (user, dataset),
         ).fetchone()
+        stored = row is not None
         if row is None:
             row = _budget_units(default)
         spent = con.execute(
@@ -198,6 +200,7 @@ class Ledger:
             (int(spent[0]), int(spent[1])),
             None if cap is None else (int(cap[0]), int(cap[1])),
             (int(dataset_spent[0]), int(dataset_spent[1])),
+            stored,
         )
 
     @staticmethod
@@ -332,11 +335,7 @@ class Ledger:
                     return Charge(False, self._balance(user, dataset, u), bytes(row[0]))
             u = self._units(con, user, dataset, default)
             _check(dataset, u, need)
-            exists = con.execute(
-                "SELECT 1 FROM budget_allowances WHERE user_name = ? AND dataset = ?",
-                (user, dataset),
-            ).fetchone()
-            if exists is None:  # first use: the allowance starts from the role's budget
+            if not u.stored:  # first use: the allowance starts from the role's budget
                 self._write_allowance(con, user, dataset, *u.allowance)
             now = self._clock()
             cur = con.execute(

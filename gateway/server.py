@@ -3,20 +3,27 @@
 Sessions: Flight SQL session options are kept per login (see
 :attr:`gateway.auth.AuthMiddleware.session_id`), so a client that logs in once per
 connection, as ADBC and JDBC do, has one session per connection without cookies.
-The one option is ``stockade.dialect`` (:mod:`gateway.dialects`).
+The options are ``stockade.dialect`` and ``stockade.epsilon`` (:mod:`gateway.dialects`).
+
+Actions beyond Flight SQL (JSON bodies and results):
+
+- ``stockade.cost`` ``{"query": SQL}`` → the ε/δ a ``dp`` query would cost, and what is
+  left, without charging anything;
+- ``stockade.budget`` ``{}`` → the caller's ε/δ budget per ``dp`` dataset.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
 from gateway.auth import AuthMiddleware, AuthMiddlewareFactory, NoOpHandshake
-from gateway.dialects import DIALECT_OPTION, check_dialect
+from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, check_epsilon
 from gateway.domain import Domain, LruCache, parameter_values
 from gateway.errors import AuthenticationError, InputError
 from gateway.flightsql.schemas import annotate_schema, like_match
@@ -27,7 +34,7 @@ log = logging.getLogger("stockade.server")
 
 AUTH = "auth"
 #: Session options the gateway knows.
-SESSION_OPTIONS = (DIALECT_OPTION,)
+SESSION_OPTIONS = (DIALECT_OPTION, EPSILON_OPTION)
 
 
 class DomainServer(FlightSqlServer):
@@ -87,6 +94,10 @@ class DomainServer(FlightSqlServer):
                 refused[name] = "invalid_name"
             elif value is None:
                 session.pop(name, None)
+            elif name == EPSILON_OPTION:
+                if isinstance(value, bool) or not isinstance(value, str | int | float):
+                    raise InputError(f"Session option '{name}' takes a number, e.g. 0.5")
+                session[name] = str(check_epsilon(value))
             elif not isinstance(value, str):
                 raise InputError(f"Session option '{name}' takes a dialect name, e.g. 'postgres'")
             else:
@@ -110,6 +121,42 @@ class DomainServer(FlightSqlServer):
         if isinstance(session, str):
             return session
         return self._middleware(context).dialect
+
+    def epsilon(self, context: flight.ServerCallContext) -> float | None:
+        """The caller's per-query ε for dp tables: the session's, else the header's."""
+        session = self.get_session_options(context).get(EPSILON_OPTION)
+        if session is not None:
+            return check_epsilon(session)
+        header = self._middleware(context).epsilon
+        return check_epsilon(header) if header is not None else None
+
+    # -- actions ----------------------------------------------------------------------
+
+    def custom_actions(self) -> Sequence[tuple[str, str]]:
+        return [
+            ("stockade.cost", "The ε/δ a dp query would cost, without charging: "
+                              '{"query": SQL}'),
+            ("stockade.budget", "Your ε/δ budget per dp dataset"),
+        ]
+
+    def custom_action(
+        self, context: flight.ServerCallContext, action_type: str, body: bytes
+    ) -> Iterable[bytes]:
+        principal = self.principal(context)
+        if action_type == "stockade.cost":
+            request = _json_body(body)
+            query = request.get("query")
+            if not isinstance(query, str):
+                raise InputError('stockade.cost takes {"query": "SELECT …"}')
+            epsilon = request.get("epsilon")
+            result = self.domain.dp_cost(
+                principal, query, dialect=self.dialect(context),
+                epsilon=check_epsilon(epsilon) if epsilon is not None else self.epsilon(context),
+            )
+            return [json.dumps(result).encode()]
+        if action_type == "stockade.budget":
+            return [json.dumps(self.domain.budgets(principal)).encode()]
+        return super().custom_action(context, action_type, body)
 
     # -- metadata -------------------------------------------------------------------
 
@@ -169,7 +216,15 @@ class DomainServer(FlightSqlServer):
     ) -> pa.Schema:
         return self.domain.result_schema(
             self.principal(context), query, parameter_values(parameters),
-            dialect=self.dialect(context),
+            dialect=self.dialect(context), epsilon=self.epsilon(context),
+        )
+
+    def execution_schema(
+        self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
+    ) -> pa.Schema:
+        return self.domain.answer_schema(
+            self.principal(context), query, parameter_values(parameters),
+            dialect=self.dialect(context), epsilon=self.epsilon(context),
         )
 
     def parameter_schema(self, context: flight.ServerCallContext, query: str) -> pa.Schema:
@@ -182,5 +237,15 @@ class DomainServer(FlightSqlServer):
     ) -> pa.RecordBatchReader:
         return self.domain.execute(
             self.principal(context), query, parameter_values(parameters),
-            dialect=self.dialect(context),
+            dialect=self.dialect(context), epsilon=self.epsilon(context),
         )
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise InputError("The action body must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise InputError("The action body must be a JSON object")
+    return value

@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping
 
 import duckdb
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import SqlglotError
 
 from gateway.errors import did_you_mean
 
@@ -76,7 +78,7 @@ ALLOWED_EXPRESSION_NAMES: tuple[str, ...] = (
     "ArrayContainsAll", "ArrayDistinct", "ArrayFilter", "ArrayFirst", "ArrayLast",
     "ArrayOverlaps", "ArrayPosition", "ArrayReverse", "ArraySize", "ArraySlice", "ArraySort",
     "ArraySum", "ArrayToString", "ArrayMax", "ArrayMin", "Struct", "StructExtract",
-    "Map", "MapKeys", "MapSize", "StringToArray", "Unnest", "Transform",
+    "Map", "MapKeys", "MapSize", "StringToArray", "Unnest", "Explode", "Transform",
     # JSON (pure parsing and extraction)
     "JSONExtract", "JSONExtractScalar", "JSONExtractArray", "JSONType", "JSONKeys",
     "JSONArray", "JSONObject", "ParseJSON", "JSONFormat", "FromJson",
@@ -224,12 +226,54 @@ def policy_function_problem(name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _duckdb_spellings() -> Mapping[type[exp.Func], frozenset[str]]:
+    """sqlglot class → the lowercased names DuckDB SQL may call it by.
+
+    Found by parsing a call of every name the DuckDB parser knows (``unnest``
+    is read as ``exp.Explode``, ``random`` as ``exp.Rand``, ``list_append`` as
+    ``exp.ArrayAppend``).
+    """
+    dialect = Dialect.get_or_raise("duckdb")
+    found: dict[type[exp.Func], set[str]] = {}
+    for name in dialect.parser_class.FUNCTIONS:
+        for arguments in ("a", "a, b", "a, b, c", ""):
+            try:
+                parsed = dialect.parse(f"SELECT {name}({arguments})")[0]
+            except (SqlglotError, LookupError, TypeError, ValueError):
+                # Not with these arguments: sqlglot's builders check them in
+                # their own ways.
+                continue
+            node = parsed.expressions[0] if isinstance(parsed, exp.Select) else None
+            if isinstance(node, exp.Func) and not isinstance(node, exp.Anonymous):
+                found.setdefault(type(node), set()).add(name.lower())
+            break
+    return {cls: frozenset(names) for cls, names in found.items()}
+
+
 def function_name(node: exp.Func) -> str:
-    """The lowercased name a person would write for ``node``."""
+    """The lowercased name a person would write for ``node``: the name they wrote.
+
+    sqlglot reads several names as one class and keeps only where the name
+    was (``meta``), not its text; the name is the spelling of that class
+    whose length matches, or the class's own name when that is unknown.
+
+    >>> import sqlglot
+    >>> function_name(sqlglot.parse_one("unnest([1, 2])", read="duckdb"))
+    'unnest'
+    >>> function_name(sqlglot.parse_one("gen_random_uuid()", read="duckdb"))
+    'gen_random_uuid'
+    """
     if isinstance(node, exp.Anonymous):
         return str(node.name).lower()
-    names = type(node).sql_names()
-    return (names[0] if names else type(node).__name__).lower()
+    own = [n.lower() for n in type(node).sql_names()] or [type(node).__name__.lower()]
+    start, end = node.meta.get("start"), node.meta.get("end")
+    if isinstance(start, int) and isinstance(end, int):
+        spellings = _duckdb_spellings().get(type(node), frozenset()) | set(own)
+        fits = sorted(n for n in spellings if len(n) == end - start + 1)
+        if fits:
+            return own[0] if own[0] in fits else fits[0]
+    return own[0]
 
 
 def is_allowed(
@@ -252,6 +296,8 @@ def is_allowed(
     if type(node) in ALLOWED_EXPRESSIONS:
         return True
     names = {n.lower() for n in type(node).sql_names()}
+    if extra:
+        names.add(function_name(node))
     return bool(names & extra) and not any(never_allowed(n) for n in names)
 
 

@@ -88,7 +88,7 @@ REFUSED: list[tuple[str, type[StockadeError]]] = [
     ("SELECT site FROM people GROUP BY site "
      "HAVING sum(CASE WHEN pid = 60 THEN 1 ELSE 0 END) > 0", ROW),
     ("SELECT site, count(*) AS n FROM visits GROUP BY site HAVING count(__stockade_unit) > 0",
-     ROW),
+     UnknownColumnError),  # like anywhere else: the name does not exist for the analyst
     ("SELECT count(*) AS n FROM people p JOIN people q ON p.pid = q.pid AND p.pid = 60", ROW),
     ("SELECT count(*) AS n FROM visits v WHERE EXISTS (SELECT 1 FROM people p WHERE p.pid = 60)",
      ROW),

@@ -461,3 +461,123 @@ def test_planned_sql_touches_only_policy_views(sql: str) -> None:
         if table.db:
             assert (table.db, table.name) in {("oncology", "screenings"), ("oncology", "patients")}
     assert result.parameter_count == sql.count("?") + sql.count("$1")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT site FROM screenings GROUP BY site HAVING max(ssn) > ''",
+        "SELECT count(*) FROM screenings HAVING count(patient_id) > 0",
+        "SELECT site FROM screenings QUALIFY max(ssn) OVER () > ''",
+        "SELECT site FROM screenings UNION SELECT name FROM patients ORDER BY ssn",
+        "SELECT l.ssn FROM screenings s, LATERAL (SELECT ssn) AS l",
+        "SELECT * FROM screenings CROSS JOIN LATERAL (SELECT patient_id) AS l",
+    ],
+)
+def test_hidden_columns_under_having_and_lateral_do_not_exist(sql: str) -> None:
+    with pytest.raises(UnknownColumnError, match=r"^Unknown column '(ssn|patient_id)'") as err:
+        plan(sql)
+    assert "Did you mean 'ssn'" not in str(err.value)
+
+
+def test_hidden_and_unknown_columns_under_having_give_the_same_message() -> None:
+    messages = []
+    for name in ("ssn", "sssn"):
+        with pytest.raises(UnknownColumnError) as err:
+            plan(f"SELECT site FROM screenings GROUP BY site HAVING max({name}) > ''")
+        messages.append(str(err.value).replace(f"'{name}'", "C"))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 5) "
+        "SELECT n FROM r",
+        "WITH RECURSIVE r AS (SELECT age FROM screenings) SELECT * FROM r",
+        "SELECT * FROM (WITH RECURSIVE r AS (SELECT 1 AS n) SELECT n FROM r) AS t",
+    ],
+)
+def test_recursive_ctes_are_not_supported(sql: str) -> None:
+    with pytest.raises(NotSupportedError, match="^Recursive CTEs are not supported"):
+        plan(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM (screenings)",
+        "SELECT * FROM ((screenings))",
+        "SELECT s.age FROM (screenings) AS s",
+        "SELECT * FROM patients JOIN (screenings) ON true",
+        "WITH w AS (SELECT age FROM screenings) SELECT * FROM (w)",
+    ],
+)
+def test_tables_in_parentheses_run_on_duckdb(sql: str) -> None:
+    rows = make_duckdb().execute(plan(sql)).fetchall()
+    assert rows
+    assert "111-11" not in repr(rows)
+
+
+def test_joins_in_parentheses_are_refused_clearly() -> None:
+    with pytest.raises(NotSupportedError, match="^Joins in parentheses are not supported"):
+        plan("SELECT * FROM (screenings s JOIN patients p ON s.site = p.site)")
+
+
+@pytest.mark.parametrize(
+    "sql,message",
+    [
+        ("SELECT * FROM screenings, screenings",
+         "Table 'screenings' appears twice in FROM; give each an alias"),
+        ("SELECT 1 FROM screenings JOIN oncology.screenings ON true",
+         "Table 'screenings' appears twice in FROM; give each an alias"),
+        ("SELECT 1 FROM screenings s, patients s",
+         "Alias 's' is used twice in FROM; give each table its own alias"),
+        ("SELECT 1 FROM screenings, (SELECT 1 AS a) AS Screenings",
+         "Alias 'Screenings' is used twice in FROM; give each table its own alias"),
+    ],
+)  # fmt: skip
+def test_duplicate_names_in_from(sql: str, message: str) -> None:
+    with pytest.raises(SqlError, match=f"^{re.escape(message)}"):
+        plan(sql)
+
+
+def test_the_same_table_twice_with_aliases_is_fine() -> None:
+    rows = make_duckdb().execute(plan("SELECT a.age FROM screenings a, screenings b")).fetchall()
+    assert len(rows) == 16
+
+
+@pytest.mark.parametrize(
+    "sql,name",
+    [
+        ("SELECT random()", "random"),
+        ("SELECT gen_random_uuid()", "gen_random_uuid"),
+        ("SELECT uuid_string()", "uuid_string"),
+        ("SELECT list_append([1], 2)", "list_append"),
+        ("SELECT age FROM screenings WHERE version() <> ''", "version"),
+    ],
+)
+def test_refused_functions_are_named_as_written(sql: str, name: str) -> None:
+    with pytest.raises(ForbiddenFunctionError, match=f"^Function '{name}' is not allowed") as err:
+        plan(sql)
+    assert err.value.col == sql.index(name) + 1
+
+
+@pytest.mark.parametrize(
+    "sql,rows",
+    [
+        ("SELECT unnest([1, 2, 3]) AS u", [(1,), (2,), (3,)]),
+        ("SELECT unnest(['a', 'b']) AS u", [("a",), ("b",)]),
+        ("SELECT unnest([[1], [2, 3]], recursive := true) AS u", [(1,), (2,), (3,)]),
+    ],
+)
+def test_unnest_of_a_list_is_allowed(sql: str, rows: list[tuple[object, ...]]) -> None:
+    assert make_duckdb().execute(plan(sql)).fetchall() == rows
+
+
+def test_unnest_over_a_table_column_sees_only_what_the_policy_shows() -> None:
+    sql = "SELECT unnest([zip, site]) AS v FROM screenings"
+    values = {v for (v,) in make_duckdb().execute(plan(sql)).fetchall()}
+    assert values == {"100**", "200**", "300**", "north", "south", "o'hara"}
+    with pytest.raises(UnknownColumnError):
+        plan("SELECT unnest([ssn]) FROM screenings")

@@ -52,7 +52,7 @@ def test_unknown_dialect_suggests(given, suggestion):
 
 
 def test_empty_directive_is_an_error():
-    with pytest.raises(InputError, match="names no dialect"):
+    with pytest.raises(InputError, match="has no value"):
         query_dialect("-- dialect:\nSELECT 1")
 
 
@@ -221,3 +221,13 @@ def test_hidden_column_stays_hidden_in_star_from_another_dialect(dial):
         cur.close()
     assert "patient_id" not in table.column_names and "zip" not in table.column_names
     assert set(table.column("site").to_pylist()) == {"north"}
+
+
+def test_query_options_comment_sets_several_options_and_refuses_typos():
+    from gateway.dialects import query_options
+
+    options, text = query_options("/* dialect: postgres, epsilon: 0.5 */\nSELECT 1")
+    assert options == {"dialect": "postgres", "epsilon": "0.5"}
+    assert text.endswith("\nSELECT 1") and "epsilon" not in text
+    with pytest.raises(InputError, match="Did you mean 'epsilon'"):
+        query_options("/* epsilno: 0.5 */ SELECT 1")

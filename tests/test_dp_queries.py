@@ -250,3 +250,79 @@ def test_sampling_rewrite_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) 
              for _ in range(40)}
     assert picks == {14.0, 15.0}  # both of unit 7's rows get chosen: a random sample
     cur.close()
+
+
+def test_clamp_is_skipped_only_for_columns_verified_within_bounds(env: DpEnv) -> None:
+    bounds = env.dp.bounds
+    assert bounds.verify_range("health", "visits", "cost", 0.0, 100.0) is not None
+    assert bounds.verify_range("health", "visits", "cost", 0.0, 10.0) is None  # up to 49
+    env.run("SELECT SUM(cost) AS s FROM visits")
+    assert "CASE" not in env.dp.last_sql[0]
+    # A masked column is never read unclamped: its values are not the source's.
+    plan = env.plan("SELECT COUNT(name) AS n, SUM(cost) AS s FROM visits")
+    assert plan.query.raw_values == (("v1", "cost"),)
+
+
+def test_unverifiable_sources_are_always_clamped(tmp_path: Path) -> None:
+    env = open_env(tmp_path)
+    from gateway.dp import PrivateQueries
+    env.dp = PrivateQueries(env.engine, env.ledger,
+                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
+    env.run("SELECT SUM(cost) AS s FROM visits")
+    assert "CASE WHEN v0 < 0.0 THEN 0.0 WHEN v0 > 100.0 THEN 100.0 ELSE v0 END" \
+        in env.dp.last_sql[0]
+    env.close()
+
+
+def test_a_source_changed_during_the_query_is_read_again_sampled_and_clamped(
+        tmp_path: Path) -> None:
+    env = open_env(tmp_path)
+    from gateway.dp import PrivateQueries
+    version = [0]
+    env.dp = PrivateQueries(env.engine, env.ledger,
+                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: version[0]))
+    run = env.engine.execute
+
+    def execute_then_change(*args, **kwargs):  # type: ignore[no-untyped-def]
+        version[0] += 1
+        return run(*args, **kwargs)
+
+    env.engine.execute = execute_then_change  # type: ignore[method-assign]
+    env.run("SELECT SUM(cost) AS s FROM visits")
+    (sql,) = env.dp.last_sql  # the second reading only
+    assert "CASE WHEN" in sql and "ROW_NUMBER" in sql
+    assert version[0] == 2
+    env.close()
+
+
+def test_clamp_rewrite_needs_bounds_inside_the_clamp() -> None:
+    sql = ("SELECT SUM(v0) AS s FROM (SELECT CASE WHEN v0 < -1.0 THEN -1.0 WHEN v0 > 100.0 "
+           "THEN 100.0 ELSE v0 END AS v0 FROM dp.rel) AS c")
+    relation = "SELECT 1.0 AS v0"
+    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (0.0, 100.0)})
+    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (-1.0, 100.0)})
+    assert "CASE" in duckdb_sql(sql, relation, {"v0": (-2.0, 100.0)})
+    assert "CASE" in duckdb_sql(sql, relation, {"v0": (0.0, 101.0)})
+    assert "CASE" in duckdb_sql(sql, relation, {"v1": (0.0, 100.0)})
+    assert "CASE" in duckdb_sql(sql, relation)
+
+
+def test_plans_are_shared_by_users_of_one_role(env: DpEnv) -> None:
+    sql = "SELECT site, COUNT(*) AS n FROM visits GROUP BY site"
+    alice, bob = env.plan(sql), env.plan(sql, user="bob")
+    assert alice.query is bob.query and (alice.user, bob.user) == ("alice", "bob")
+    assert alice.key != bob.key  # each pays for their own answer
+    assert env.plan(sql, role="statistician").query is not alice.query
+
+
+def test_result_schema_without_running_or_charging(env: DpEnv) -> None:
+    plan = env.plan("SELECT site, COUNT(*) AS n, AVG(cost) AS c FROM visits GROUP BY site")
+    schema = env.dp.result_schema(plan)
+    assert env.ledger.charges() == []
+    table = env.dp.execute(plan)
+    assert schema.names == table.schema.names == ["site", "n", "c"]
+    assert [f.type for f in schema] == [f.type for f in table.schema]
+    for name in schema.names:
+        assert schema.field(name).metadata == table.schema.field(name).metadata
+    answer = table.schema.metadata
+    assert {k: v for k, v in answer.items() if k in schema.metadata} == schema.metadata

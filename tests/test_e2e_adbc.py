@@ -195,11 +195,6 @@ def test_syntax_error_has_line_and_column(connect):
     assert "line 3" in str(err)
 
 
-def test_modes_not_built_yet_are_refused_clearly(connect):
-    err = error_of(connect("ann"), "SELECT count(*) FROM oncology.screenings")
-    assert "'dp'" in str(err) and "not supported yet" in str(err)
-
-
 def test_value_of_a_failed_cast_is_not_in_the_error(connect):
     err = error_of(connect("rita"), "SELECT CAST(test AS INTEGER) FROM oncology.screenings")
     assert "mammography" not in str(err) and "colonoscopy" not in str(err)

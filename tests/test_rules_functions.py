@@ -127,5 +127,19 @@ def test_typed_functions_match_by_any_of_their_names() -> None:
     assert "RANDOM()" in sql
 
 
+@pytest.mark.parametrize(
+    "allow,sql",
+    [
+        ("list_append", "SELECT list_append([n], 'x') AS r FROM t"),  # sqlglot: ARRAY_APPEND
+        ("list_prepend", "SELECT list_prepend('x', [n]) AS r FROM t"),  # ARRAY_PREPEND
+    ],
+)
+def test_typed_functions_match_by_the_name_written(allow: str, sql: str) -> None:
+    policy = parse_policy(YAML.replace("ALLOW", allow), base_dir="/")
+    plan_query(
+        sql, policy=policy, principal=principal_from("r"), schemas={("s", "t"): {"n": "VARCHAR"}}
+    )
+
+
 def test_the_deny_list_is_explicit() -> None:
     assert isinstance(NEVER_ALLOWED, tuple) and "read_*" in NEVER_ALLOWED

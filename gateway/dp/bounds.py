@@ -1,4 +1,10 @@
-"""Is every privacy unit's row count within ``max_rows_per_unit``? Checked, not assumed.
+"""Does the data already meet the query's bounds? Checked, not assumed.
+
+Two bounds make work in a ``dp`` query needless when the data already meets them:
+the rows per privacy unit (the sample) and a column's ``lower``/``upper`` (the
+clamp). Both are checked on the source, once per version of it.
+
+Is every privacy unit's row count within ``max_rows_per_unit``?
 
 SmartNoise keeps each unit to ``max_ids`` rows by a per-unit random sample (a
 window over the whole table, the most expensive part of a ``dp`` query). The
@@ -16,10 +22,16 @@ version of the table's source and remembers it:
 - a query that skipped the sample is trusted only if the fingerprint is the
   verified one both before and after it ran (:meth:`UnitBounds.still_valid`);
   otherwise the caller runs it again with the sample.
+
+Likewise :meth:`UnitBounds.verify_range` checks that every value of a source
+column lies within the policy's ``lower``/``upper`` (``NULL`` allowed, ``NaN``
+not): clamping such a column changes nothing, so the query may read it
+unclamped while the fingerprint holds (:mod:`gateway.dp.reader`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable, Hashable
@@ -70,6 +82,7 @@ class UnitBounds:
         self.engine = engine
         self.fingerprint = fingerprint or engine_fingerprint(engine)
         self._verified: dict[tuple[str, str, str, int], Hashable] = {}
+        self._ranges: dict[tuple[str, str, str, str, float, float], Hashable] = {}
         self._lock = threading.Lock()
         self.checks = 0
 
@@ -96,6 +109,36 @@ class UnitBounds:
             return None
         with self._lock:
             self._verified[key] = token
+        return token
+
+    def verify_range(self, dataset: str, table: str, column: str, lower: float,
+                     upper: float) -> Hashable | None:
+        """A token if every value of ``column`` is within [lower, upper], else ``None``."""
+        if not (math.isfinite(lower) and math.isfinite(upper)):
+            return None
+        token = self.fingerprint(dataset, table)
+        if token is None:
+            return None
+        key = ("range", dataset, table, column, float(lower), float(upper))
+        with self._lock:
+            if self._ranges.get(key) == token:
+                return token
+        # NaN >= lower holds in DuckDB but NaN <= upper does not: NaN is outside.
+        c = identifier(column)
+        sql = (f"SELECT count(*) FROM {identifier(dataset)}.{identifier(table)} "
+               f"WHERE NOT ({c} >= {float(lower)!r} AND {c} <= {float(upper)!r})")
+        cur = self.engine.cursor()
+        try:
+            row = cur.execute(sql).fetchone()
+        except Exception:  # not comparable with numbers: keep the clamp
+            return None
+        finally:
+            cur.close()
+        self.checks += 1
+        if row is None or row[0] != 0 or self.fingerprint(dataset, table) != token:
+            return None
+        with self._lock:
+            self._ranges[key] = token
         return token
 
     def still_valid(self, dataset: str, table: str, token: Hashable) -> bool:

@@ -12,7 +12,9 @@ function of the mechanism class and of the numbers the search reads:
 :func:`mechanisms` returns SmartNoise's mechanism table with classes whose
 search is looked up in a process-wide cache keyed on exactly those values, so a
 cached scale is the scale the search would have found. Noise is still drawn by
-OpenDP's samplers in SmartNoise's ``release``.
+OpenDP's samplers: :meth:`CachedLaplace.release` draws a whole column at once
+through OpenDP's Laplace measurement over a vector of floats (the same sampler,
+scale and granularity for each element as its measurement on one float).
 
 >>> m = CachedLaplace(1.0, sensitivity=1, max_contrib=2)
 >>> round(m.scale, 6)
@@ -80,12 +82,17 @@ _measurements: dict[float, Any] = {}
 
 
 def _laplace_measurement(scale: float) -> Any:
-    """OpenDP's Laplace measurement on floats at ``scale`` (built once per scale)."""
+    """OpenDP's Laplace measurement on vectors of floats at ``scale`` (built once per scale).
+
+    Each element gets independent noise from the same sampler as OpenDP's
+    measurement on one float (``make_laplace`` over an atom domain), at the same
+    scale and granularity: one call draws a whole column.
+    """
     found = _measurements.get(scale)
     if found is None:
         enable_features("floating-point", "contrib")
-        found = dp.m.make_laplace(dp.atom_domain(T=float, nan=False),
-                                  dp.absolute_distance(T=float), scale)
+        found = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T=float, nan=False)),
+                                  dp.l1_distance(T=float), scale)
         with _lock:
             if len(_measurements) > _CACHE_SIZE:
                 _measurements.clear()
@@ -97,9 +104,11 @@ class CachedLaplace(Laplace):  # type: ignore[misc]
     """SmartNoise's Laplace mechanism; the scale search and the sampler are memoised."""
 
     def release(self, vals: Any) -> list[float]:
-        """The values plus Laplace noise of this mechanism's scale (OpenDP's sampler)."""
-        measurement = _laplace_measurement(float(self.scale))
-        return [measurement(float(v)) for v in vals]
+        """The values plus Laplace noise of this mechanism's scale, in one OpenDP call."""
+        values = [float(v) for v in vals]
+        if not values:
+            return []
+        return [float(v) for v in _laplace_measurement(float(self.scale))(values)]
 
     def _compute_noise_scale(self) -> None:
         if self.scale is not None:  # type: ignore[has-type]

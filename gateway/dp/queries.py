@@ -6,6 +6,7 @@
     plan = dp.plan(sql, policy=policy, principal=principal, schemas=schemas,
                    epsilon=None)             # None: the grant's epsilon_per_query
     dp.cost(plan)                            # Cost(epsilon, delta), charges nothing
+    dp.result_schema(plan)                   # the answer's Arrow schema, runs nothing
     table = dp.execute(plan, timeout_s=60)   # pa.Table with the dp metadata
 
 ``execute`` answers a query seen before (same normalised query, user, ε and δ)
@@ -28,9 +29,11 @@ import hashlib
 import io
 import json
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +101,111 @@ class DpPlan:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-_rewrites: OrderedDict[tuple[Any, ...], tuple[Any, Any, Any]] = OrderedDict()
+class _Rewrite:
+    """SmartNoise's parse and rewrite of one query, and what follows from them alone."""
+
+    __slots__ = ("query", "subquery", "outer", "sql", "cost")
+
+    def __init__(self, query: Any, subquery: Any, outer: Any) -> None:
+        self.query = query
+        self.subquery = subquery
+        self.outer = outer
+        self.sql: str | None = None  # the rewritten aggregate query, serialised
+        self.cost: Cost | None = None
+
+
+_rewrites: OrderedDict[tuple[Any, ...], _Rewrite] = OrderedDict()
 _rewrites_lock = threading.Lock()
+
+
+def _remembered(key: tuple[Any, ...]) -> _Rewrite | None:
+    with _rewrites_lock:
+        found = _rewrites.get(key)
+        if found is not None:
+            _rewrites.move_to_end(key)
+    return found
+
+
+class _Drawn:
+    """A mechanism whose noisy values for this execution are already drawn.
+
+    SmartNoise releases one value per row and mechanism; :class:`_Exact` draws
+    each mechanism's noise for all rows in one call and this hands the values
+    out in row order, checking that each is asked for the value it was drawn for.
+    """
+
+    def __init__(self, mechanism: Any, exact: list[float], noisy: list[float]) -> None:
+        self._mechanism = mechanism
+        self._pairs = iter(zip(exact, noisy, strict=True))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._mechanism, name)
+
+    def release(self, vals: Any) -> list[float]:
+        out = []
+        for v in vals:
+            exact, noisy = next(self._pairs)
+            if float(v) != exact:  # pragma: no cover - SmartNoise changed its row order
+                raise StockadeError("Noise was drawn for another value than released")
+            out.append(noisy)
+        return out
+
+
+class _Exact:
+    """Runs the rewritten aggregate query, then draws each mechanism's noise in one call."""
+
+    def __init__(self, private: _Private) -> None:
+        self.private = private
+
+    def _execute_ast(self, subquery: Any, *ignore: Any, accuracy: bool = False) -> list[Any]:
+        private = self.private
+        reader = private.reader
+        rewrite = private.rewrite
+        if rewrite is not None and rewrite.subquery is subquery:
+            if rewrite.sql is None:
+                rewrite.sql = reader.serializer.serialize(subquery)
+            sql = rewrite.sql
+        else:
+            sql = reader.serializer.serialize(subquery)
+        rows: list[Any] = reader.execute(sql)
+        mechs = PrivateReader._get_mechanisms(private, subquery)
+        # As SmartNoise does: a NULL aggregate is released as 0 plus noise.
+        exact = {i: [0.0 if row[i] is None else float(row[i]) for row in rows[1:]]
+                 for i, mech in enumerate(mechs) if mech is not None}
+        noisy = _draw([(mechs[i], values) for i, values in exact.items()])
+        private.drawn = [None if m is None else _Drawn(m, exact[i], noisy.pop(0))
+                         for i, m in enumerate(mechs)]
+        return rows
+
+
+#: Below this many values a query's noise is drawn on the calling thread only.
+_PARALLEL_DRAWS = 16
+_draw_pool: ThreadPoolExecutor | None = None
+_draw_pool_lock = threading.Lock()
+
+
+def _draw(columns: list[tuple[Any, list[float]]]) -> list[list[float]]:
+    """Each mechanism's ``release`` of its column, in order.
+
+    OpenDP's samplers run without the GIL, so when there is enough to draw the
+    second half of the columns is drawn on a helper thread meanwhile.
+    """
+    global _draw_pool
+    total = sum(len(values) for _, values in columns)
+    if len(columns) < 2 or total < _PARALLEL_DRAWS or (os.cpu_count() or 1) < 2:
+        return [list(m.release(values)) for m, values in columns]
+    with _draw_pool_lock:
+        if _draw_pool is None:
+            _draw_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                            thread_name_prefix="stockade-noise")
+        pool = _draw_pool
+    half = len(columns) // 2
+    later = pool.submit(lambda: [list(m.release(v)) for m, v in columns[half:]])
+    try:
+        first = [list(m.release(values)) for m, values in columns[:half]]
+    finally:
+        rest = later.result()
+    return first + rest
 
 
 class _Private(PrivateReader):  # type: ignore[misc]
@@ -109,36 +215,45 @@ class _Private(PrivateReader):  # type: ignore[misc]
     the metadata and the privacy parameters (``key``); the rewritten trees are
     only read afterwards (serialised to SQL, evaluated on rows), and their
     mechanisms hold nothing but their parameters and scale. ``last`` is the
-    rewrite this reader executed.
+    rewrite this reader executed. Noise is drawn per mechanism for all rows at
+    once (:class:`_Exact`), not one OpenDP call per value.
     """
 
     key: tuple[Any, ...] = ()
     last: tuple[Any, Any] | None = None
+    rewrite: _Rewrite | None = None
+    drawn: list[_Drawn | None] | None = None
 
     def parse_query_string(self, query_string: str) -> Any:
-        with _rewrites_lock:
-            found = _rewrites.get(self.key)
+        found = _remembered(self.key)
         if found is not None:
-            return found[0]
+            return found.query
         return super().parse_query_string(query_string)
 
     def _rewrite_ast(self, query: Any) -> tuple[Any, Any]:
-        with _rewrites_lock:
-            found = _rewrites.get(self.key)
-            if found is not None:
-                _rewrites.move_to_end(self.key)
-        if found is not None and found[0] is query:
+        found = _remembered(self.key)
+        if found is not None and found.query is query:
             self._options.max_contrib = query.max_ids
-            self._refresh_options()
-            self.last = (found[1], found[2])
+            self.rewrite = found
+            self.last = (found.subquery, found.outer)
             return self.last
-        rewritten = super()._rewrite_ast(query)
+        subquery, outer = super()._rewrite_ast(query)
+        self.rewrite = _Rewrite(query, subquery, outer)
         with _rewrites_lock:
-            _rewrites[self.key] = (query, *rewritten)
+            _rewrites[self.key] = self.rewrite
             while len(_rewrites) > 1024:
                 _rewrites.popitem(last=False)
-        self.last = rewritten
-        return rewritten  # type: ignore[no-any-return]
+        self.last = (subquery, outer)
+        return self.last
+
+    def _get_reader(self, query_ast: Any) -> _Exact:
+        return _Exact(self)
+
+    def _get_mechanisms(self, subquery: Any) -> list[Any]:
+        drawn, self.drawn = self.drawn, None
+        if drawn is not None:
+            return drawn
+        return super()._get_mechanisms(subquery)  # type: ignore[no-any-return]
 
 
 def odometer_cost(steps: Sequence[tuple[float, float]], delta: float) -> Cost:
@@ -167,8 +282,8 @@ class PrivateQueries:
         self.engine = engine
         self.ledger = ledger
         self.bounds = bounds or UnitBounds(engine)
-        self._schemas: OrderedDict[str, pa.Schema] = OrderedDict()
-        self._plans: OrderedDict[tuple[Any, ...], tuple[Policy, DpPlan]] = OrderedDict()
+        self._schemas: OrderedDict[str, tuple[pa.Schema, str]] = OrderedDict()
+        self._plans: OrderedDict[tuple[Any, ...], tuple[Policy, DpQuery]] = OrderedDict()
         self._lock = threading.Lock()
         self.last_sql: list[str] = []  # the DuckDB SQL of the last execution (for tests)
 
@@ -187,75 +302,64 @@ class PrivateQueries:
     ) -> DpPlan:
         """Check ``sql`` for ``dp`` mode and fix its ε and δ (charges nothing).
 
-        Plans are remembered per (policy, principal, SQL, ε, δ).
+        The checked query is remembered per (policy, role, user attributes, SQL,
+        dialect): the policy steps and the split read the principal's role (its
+        grants and functions) and attributes (row filters), never the user's name.
         """
-        key = (id(policy), principal.user, principal.role,
-               tuple(sorted(principal.attributes.items())), sql, repr(epsilon), repr(delta),
-               dialect)
+        key = (id(policy), principal.role,
+               tuple(sorted((k, type(v).__name__, v) for k, v in principal.attributes.items())),
+               sql, dialect)
         with self._lock:
             found = self._plans.get(key)
+            if found is not None:
+                self._plans.move_to_end(key)
         if found is not None and found[0] is policy:
-            return found[1]
-        plan = self._plan(sql, policy=policy, principal=principal, schemas=schemas,
-                          epsilon=epsilon, delta=delta, dialect=dialect)
-        with self._lock:
-            self._plans[key] = (policy, plan)
-            while len(self._plans) > 4096:
-                self._plans.popitem(last=False)
-        return plan
+            query = found[1]
+        else:
+            query = self._query(sql, policy=policy, principal=principal, schemas=schemas,
+                                dialect=dialect)
+            with self._lock:
+                self._plans[key] = (policy, query)
+                while len(self._plans) > 4096:
+                    self._plans.popitem(last=False)
+        return _resolve(query, principal.user, epsilon, delta)
 
-    def _plan(
+    def _query(
         self,
         sql: str,
         *,
         policy: Policy,
         principal: Principal,
         schemas: Schemas,
-        epsilon: float | None,
-        delta: float | None,
         dialect: str,
-    ) -> DpPlan:
+    ) -> DpQuery:
         expression = parse(sql, dialect=dialect)
         catalog = catalog_for(policy, principal)
         context: dict[str, Any] = {"policy": policy, "principal": principal,
                                    "schemas": schemas, "catalog": catalog, "max_rows": None}
         for rule in _RULES:
             expression = rule(expression, **context)
-        query = translate(expression, principal=principal, catalog=catalog, schemas=schemas)
-        access = query.access
-        if epsilon is None:
-            epsilon = access.epsilon_per_query
-            if epsilon is None:
-                raise InputError(
-                    f"The policy gives no epsilon_per_query for dataset '{access.dataset}'; "
-                    "choose the ε of this query"
-                )
-        if not (isinstance(epsilon, int | float) and 0 < epsilon < math.inf):
-            raise InputError(f"ε must be a positive number, not {epsilon!r}")
-        if delta is None:
-            delta = DEFAULT_DELTA if query.grouped else 0.0
-        if not (isinstance(delta, int | float) and 0 <= delta < 1):
-            raise InputError(f"δ must be a number in [0, 1), not {delta!r}")
-        if query.grouped and delta == 0:
-            raise InputError(
-                "A GROUP BY query in dp mode needs δ > 0 to hide rare groups; choose a δ "
-                "(e.g. 1e-6) within your δ budget, or remove GROUP BY"
-            )
-        return DpPlan(query, principal.user, float(epsilon), float(delta))
+        return translate(expression, principal=principal, catalog=catalog, schemas=schemas)
 
     def relation_schema(self, plan: DpPlan) -> pa.Schema:
+        """The Arrow schema of the policy relation of ``plan`` (asked of DuckDB once)."""
+        return self._relation(plan)[0]
+
+    def _relation(self, plan: DpPlan) -> tuple[pa.Schema, str]:
         sql = plan.query.relation_sql
         with self._lock:
             found = self._schemas.get(sql)
         if found is None:
-            found = self.engine.result_schema(sql)
+            schema = self.engine.result_schema(sql)
+            found = (schema, schema.to_string())
             with self._lock:
                 self._schemas[sql] = found
                 while len(self._schemas) > 1024:
                     self._schemas.popitem(last=False)
         return found
 
-    def _reader(self, plan: DpPlan, *, rows_bounded: bool, timeout_s: float | None
+    def _reader(self, plan: DpPlan, *, rows_bounded: bool, timeout_s: float | None,
+                unclamped: dict[str, tuple[float, float]] | None = None
                 ) -> tuple[_Private, DuckDBReader]:
         q = plan.query
         metadata = dp_metadata(
@@ -272,7 +376,7 @@ class PrivateQueries:
             columns = [c.to_pylist() for c in result.columns]
             return result.column_names, list(zip(*columns, strict=True))
 
-        reader = DuckDBReader(run, q.relation_sql)
+        reader = DuckDBReader(run, q.relation_sql, unclamped)
         privacy = Privacy(epsilon=plan.epsilon, delta=plan.delta, mechanisms=mechanisms())
         try:
             private = _Private(reader, metadata, privacy=privacy)
@@ -284,7 +388,7 @@ class PrivateQueries:
     def _key(self, plan: DpPlan, rows_bounded: bool) -> tuple[Any, ...]:
         """Everything SmartNoise's parse, rewrite and mechanisms depend on."""
         q = plan.query
-        return (q.smartnoise_sql, self.relation_schema(plan).to_string(), q.bounds,
+        return (q.smartnoise_sql, self._relation(plan)[1], q.bounds,
                 q.access.privacy_unit is not None, q.access.max_rows_per_unit, rows_bounded,
                 q.grouped, repr(plan.epsilon), repr(plan.delta))
 
@@ -293,16 +397,40 @@ class PrivateQueries:
         subquery = private.last[0]
         return [s.mechanism for s in subquery._select_symbols if s.mechanism is not None]
 
-    def cost(self, plan: DpPlan) -> Cost:
-        """What ``plan`` would be charged (SmartNoise's odometer); charges nothing."""
+    def _rewritten(self, plan: DpPlan) -> _Private:
+        """A reader holding SmartNoise's rewrite of ``plan`` (nothing runs)."""
         private, _ = self._reader(plan, rows_bounded=False, timeout_s=None)
         try:
             private._rewrite_ast(private.parse_query_string(plan.query.smartnoise_sql))
         except ValueError as exc:
             raise _smartnoise_error(exc, plan) from None
+        return private
+
+    def _cost(self, private: _Private, plan: DpPlan) -> Cost:
+        rewrite = private.rewrite
+        if rewrite is not None and rewrite.cost is not None:
+            return rewrite.cost
         mechs = self._mechanisms(private)
         self._check_bounds(mechs, plan)
-        return odometer_cost([(m.epsilon, m.delta) for m in mechs], plan.delta)
+        cost = odometer_cost([(m.epsilon, m.delta) for m in mechs], plan.delta)
+        if rewrite is not None:
+            rewrite.cost = cost
+        return cost
+
+    def cost(self, plan: DpPlan) -> Cost:
+        """What ``plan`` would be charged (SmartNoise's odometer); charges nothing."""
+        found = _remembered(self._key(plan, False))
+        if found is not None and found.cost is not None:
+            return found.cost
+        return self._cost(self._rewritten(plan), plan)
+
+    def result_schema(self, plan: DpPlan) -> pa.Schema:
+        """The Arrow schema of ``plan``'s answer, without running it or charging.
+
+        Names, types and the noise metadata of each column are those of the
+        answer; the spend and remaining-budget keys are only known after the charge.
+        """
+        return _to_arrow(self._rewritten(plan), [()], plan).schema
 
     # -- running
 
@@ -315,29 +443,55 @@ class PrivateQueries:
                     "column's lower and upper bounds (ask the data owner to set them)"
                 )
 
-    def _run(self, plan: DpPlan, timeout_s: float | None) -> tuple[pa.Table, Cost]:
-        access = plan.query.access
-        token: Hashable | None = None
+    def _verified(self, plan: DpPlan) -> tuple[bool, dict[str, tuple[float, float]],
+                                                set[Hashable]]:
+        """What the source is verified to meet (see :mod:`gateway.dp.bounds`).
+
+        Whether rows per unit are bounded, the value columns that are within
+        their bounds (read unclamped), and the source versions this relies on.
+        """
+        q = plan.query
+        access = q.access
+        tokens: set[Hashable] = set()
+        rows_bounded = False
         if access.privacy_unit is not None:
             token = self.bounds.verify(access.dataset, access.table, access.privacy_unit,
                                        access.max_rows_per_unit or 1)
+            if token is not None:
+                rows_bounded = True
+                tokens.add(token)
+        limits = {v: (lo, hi) for v, lo, hi in q.bounds}
+        unclamped: dict[str, tuple[float, float]] = {}
+        for v, column in q.raw_values:
+            lo, hi = limits.get(v, (None, None))
+            if lo is None or hi is None:
+                continue
+            token = self.bounds.verify_range(access.dataset, access.table, column,
+                                             float(lo), float(hi))
+            if token is not None:
+                unclamped[v] = (float(lo), float(hi))
+                tokens.add(token)
+        return rows_bounded, unclamped, tokens
+
+    def _run(self, plan: DpPlan, timeout_s: float | None) -> tuple[pa.Table, Cost]:
+        access = plan.query.access
+        rows_bounded, unclamped, tokens = self._verified(plan)
         while True:
-            private, reader = self._reader(plan, rows_bounded=token is not None,
-                                           timeout_s=timeout_s)
+            private, reader = self._reader(plan, rows_bounded=rows_bounded,
+                                           unclamped=unclamped, timeout_s=timeout_s)
             try:
                 query = private.parse_query_string(plan.query.smartnoise_sql)
                 rows = private._execute_ast(query)
             except ValueError as exc:
                 raise _smartnoise_error(exc, plan) from None
-            if token is not None and not self.bounds.still_valid(
-                    access.dataset, access.table, token):
-                token = None  # the source changed while we read it: sample
+            if tokens and not all(self.bounds.still_valid(access.dataset, access.table, t)
+                                  for t in tokens):
+                # The source changed while we read it: sample and clamp.
+                rows_bounded, unclamped, tokens = False, {}, set()
                 continue
             break
         self.last_sql = list(reader.executed)
-        mechs = self._mechanisms(private)
-        cost = odometer_cost([(m.epsilon, m.delta) for m in mechs], plan.delta)
-        return _to_arrow(private, rows, plan), cost
+        return _to_arrow(private, rows, plan), self._cost(private, plan)
 
     def execute(self, plan: DpPlan, *, timeout_s: float | None = None) -> pa.Table:
         """The noisy answer to ``plan``, charged to the user's budget (see the module doc)."""
@@ -356,6 +510,31 @@ class PrivateQueries:
             return _with_spend(_from_ipc(charge.answer), plan, Cost(0.0, 0.0), charge.balance,
                                cached=True)
         return _with_spend(table, plan, cost, charge.balance, cached=False)
+
+
+def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | None
+             ) -> DpPlan:
+    """The plan of ``query`` for ``user`` at the chosen (or the grant's) ε and δ."""
+    access = query.access
+    if epsilon is None:
+        epsilon = access.epsilon_per_query
+        if epsilon is None:
+            raise InputError(
+                f"The policy gives no epsilon_per_query for dataset '{access.dataset}'; "
+                "choose the ε of this query"
+            )
+    if not (isinstance(epsilon, int | float) and 0 < epsilon < math.inf):
+        raise InputError(f"ε must be a positive number, not {epsilon!r}")
+    if delta is None:
+        delta = DEFAULT_DELTA if query.grouped else 0.0
+    if not (isinstance(delta, int | float) and 0 <= delta < 1):
+        raise InputError(f"δ must be a number in [0, 1), not {delta!r}")
+    if query.grouped and delta == 0:
+        raise InputError(
+            "A GROUP BY query in dp mode needs δ > 0 to hide rare groups; choose a δ "
+            "(e.g. 1e-6) within your δ budget, or remove GROUP BY"
+        )
+    return DpPlan(query, user, float(epsilon), float(delta))
 
 
 def _smartnoise_error(exc: Exception, plan: DpPlan) -> StockadeError:

@@ -21,7 +21,11 @@ Before running SmartNoise's SQL, :func:`duckdb_sql` rewrites it:
    scale ``m/ε`` (``m = max_ids``) releases a group made by one unit's at most
    ``m`` rows with probability at most ``½·exp(−(τ − m)·ε/m) = δ/m``, and a
    unit can make at most ``m`` groups: δ in total, as with ``COUNT(DISTINCT)``.
-   With row privacy SmartNoise already counts rows.
+   With row privacy SmartNoise already counts rows;
+4. the clamp ``CASE WHEN v < lo THEN lo WHEN v > hi THEN hi ELSE v END`` of a
+   column whose source values were all verified to lie within the policy's
+   bounds (``unclamped``, see :mod:`gateway.dp.bounds`) becomes ``v``: on such
+   data it changes nothing, and it is about a quarter of the scan's cost.
 
 >>> sql = duckdb_sql(
 ...     "SELECT COUNT(DISTINCT u) AS keycount, k AS k FROM ( SELECT *, ROW_NUMBER ( ) "
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlglot
@@ -56,7 +60,7 @@ RANDOM_COLUMN = "__stockade_random"
 #: Runs DuckDB SQL, returns (column names, rows).
 Runner = Callable[[str], tuple[Sequence[str], list[tuple[Any, ...]]]]
 
-_translated: OrderedDict[tuple[str, str], str] = OrderedDict()
+_translated: OrderedDict[tuple[Any, ...], str] = OrderedDict()
 _translated_lock = threading.Lock()
 
 
@@ -73,8 +77,47 @@ def _random_one_level_down(window: exp.Window) -> None:
             ordered.set("this", exp.column(RANDOM_COLUMN))
 
 
-def _rewrite(smartnoise_sql: str, relation_sql: str) -> str:
+def _number(node: exp.Expr | None) -> float | None:
+    if isinstance(node, exp.Neg):
+        inner = _number(node.this)
+        return None if inner is None else -inner
+    if isinstance(node, exp.Literal) and not node.is_string:
+        return float(node.name)
+    return None
+
+
+def _unclamp(case: exp.Case, unclamped: dict[str, tuple[float, float]]) -> None:
+    """Replace SmartNoise's clamp of a column known to be within its bounds."""
+    default = case.args.get("default")
+    ifs = case.args.get("ifs") or []
+    if not isinstance(default, exp.Column) or default.table or len(ifs) != 2:
+        return
+    name = default.name
+    if name not in unclamped:
+        return
+    low, high = ifs
+    if not (isinstance(low.this, exp.LT) and isinstance(high.this, exp.GT)):
+        return
+    for cond in (low.this, high.this):
+        if not (isinstance(cond.this, exp.Column) and cond.this.name == name
+                and not cond.this.table):
+            return
+    lo, lo_value = _number(low.this.expression), _number(low.args.get("true"))
+    hi, hi_value = _number(high.this.expression), _number(high.args.get("true"))
+    lower, upper = unclamped[name]
+    if None in (lo, lo_value, hi, hi_value) or lo != lo_value or hi != hi_value:
+        return
+    assert lo is not None and hi is not None
+    if lo <= lower and upper <= hi:  # every value is in [lower, upper] ⊆ [lo, hi]
+        case.replace(exp.column(name))
+
+
+def _rewrite(smartnoise_sql: str, relation_sql: str,
+             unclamped: dict[str, tuple[float, float]]) -> str:
     tree = sqlglot.parse_one(smartnoise_sql, read="postgres")
+    if unclamped:  # before the relation is substituted: only SmartNoise's own clamps
+        for case in list(tree.find_all(exp.Case)):
+            _unclamp(case, unclamped)
     schema, name = RELATION.split(".")
     relation = sqlglot.parse_one(relation_sql, read="duckdb")
     for table in list(tree.find_all(exp.Table)):
@@ -93,15 +136,20 @@ def _rewrite(smartnoise_sql: str, relation_sql: str) -> str:
     return tree.sql(dialect="duckdb")
 
 
-def duckdb_sql(smartnoise_sql: str, relation_sql: str) -> str:
-    """SmartNoise's SQL over ``dp.rel``, rewritten for DuckDB (see the module doc)."""
-    key = (smartnoise_sql, relation_sql)
+def duckdb_sql(smartnoise_sql: str, relation_sql: str,
+               unclamped: Mapping[str, tuple[float, float]] | None = None) -> str:
+    """SmartNoise's SQL over ``dp.rel``, rewritten for DuckDB (see the module doc).
+
+    ``unclamped`` maps a value column to bounds its data was verified to meet.
+    """
+    bounds = dict(unclamped or {})
+    key = (smartnoise_sql, relation_sql, tuple(sorted(bounds.items())))
     with _translated_lock:
         found = _translated.get(key)
         if found is not None:
             _translated.move_to_end(key)
             return found
-    result = _rewrite(smartnoise_sql, relation_sql)
+    result = _rewrite(smartnoise_sql, relation_sql, bounds)
     with _translated_lock:
         _translated[key] = result
         while len(_translated) > 1024:
@@ -114,10 +162,12 @@ class DuckDBReader(SqlReader):  # type: ignore[misc]
 
     ENGINE = SnEngine.POSTGRES
 
-    def __init__(self, run: Runner, relation_sql: str) -> None:
+    def __init__(self, run: Runner, relation_sql: str,
+                 unclamped: Mapping[str, tuple[float, float]] | None = None) -> None:
         super().__init__(self.ENGINE)
         self._run = run
         self.relation_sql = relation_sql
+        self.unclamped = dict(unclamped or {})
         self.executed: list[str] = []
 
     @property
@@ -127,7 +177,7 @@ class DuckDBReader(SqlReader):  # type: ignore[misc]
     def execute(self, query: str, *ignore: Any, accuracy: bool = False) -> list[Any]:
         if not isinstance(query, str):
             raise ValueError("DuckDBReader.execute takes SQL text")
-        sql = duckdb_sql(query, self.relation_sql)
+        sql = duckdb_sql(query, self.relation_sql, self.unclamped)
         self.executed.append(sql)
         names, rows = self._run(sql)
         return [tuple(names), *rows]

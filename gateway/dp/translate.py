@@ -87,6 +87,8 @@ class DpQuery:
     bounds: tuple[tuple[str, float | None, float | None], ...]  # (v column, lower, upper)
     grouped: bool
     normalized: str  # the analyst's query, normalised (for the result cache)
+    #: (v column, source column) of each value column read as is (not masked).
+    raw_values: tuple[tuple[str, str], ...] = ()
 
 
 def _strip_alias(node: exp.Expr) -> tuple[str, exp.Expr]:
@@ -296,6 +298,7 @@ def translate(
          access.columns[c].upper if c in access.columns else None)
         for c, v in tr.values.items()
     )
+    masked = {m.lower() for m in access.masks}
     return DpQuery(
         access=access,
         relation_sql=relation,
@@ -304,6 +307,7 @@ def translate(
         bounds=bounds,
         grouped=group is not None,
         normalized=select.sql(dialect="duckdb", identify=True, normalize=True),
+        raw_values=tuple((v, c) for c, v in tr.values.items() if c.lower() not in masked),
     )
 
 

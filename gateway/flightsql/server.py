@@ -312,6 +312,17 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         """The result schema of ``query``, without running it; raises if invalid."""
         raise NotSupportedError("This server does not run queries")
 
+    def execution_schema(
+        self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
+    ) -> pa.Schema:
+        """The schema GetFlightInfo reports for a query the client is about to fetch.
+
+        Defaults to :meth:`query_schema`. A server whose answers carry facts known
+        only once the query has run (the cost of a differentially private answer)
+        overrides it; ADBC and JDBC read schema metadata from GetFlightInfo.
+        """
+        return self.query_schema(context, query, parameters)
+
     def parameter_schema(self, context: flight.ServerCallContext, query: str) -> pa.Schema:
         """The schema of the parameters ``query`` expects (default: unknown/none)."""
         return pa.schema([])
@@ -367,7 +378,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         """GetFlightInfo: the schema of a command and the ticket to fetch it."""
-        schema, ticket = self._describe(context, descriptor)
+        schema, ticket = self._describe(context, descriptor, executing=True)
         endpoint = flight.FlightEndpoint(ticket, [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
 
@@ -441,21 +452,33 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         return bytes(descriptor.command)
 
     def _describe(
-        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor,
+        *, executing: bool = False,
     ) -> tuple[pa.Schema, bytes]:
-        """The schema and ticket of the command in ``descriptor``."""
+        """The schema and ticket of the command in ``descriptor``.
+
+        ``executing`` is True for GetFlightInfo (the client is about to fetch the
+        result) and False for GetSchema: queries go through :meth:`execution_schema`
+        in the first case, :meth:`query_schema` in the second.
+        """
         data = self._command(descriptor)
         name, cmd = unpack(data)
         if name == "CommandStatementQuery":
             if cmd.HasField("transaction_id"):
                 raise NotSupportedError("Transactions are not supported: Stockade is read-only")
-            schema = self.query_schema(context, cmd.query, None)
+            if executing:
+                schema = self.execution_schema(context, cmd.query, None)
+            else:
+                schema = self.query_schema(context, cmd.query, None)
             return schema, pack(pb.TicketStatementQuery(statement_handle=query_handle(cmd.query)))
         if name == "CommandPreparedStatementQuery":
             stmt = self.prepared.get(self.session_owner(context), cmd.prepared_statement_handle)
             schema = stmt.dataset_schema
-            if stmt.parameters is not None:
-                schema = self.query_schema(context, stmt.query, stmt.parameters.slice(0, 1))
+            params = stmt.parameters.slice(0, 1) if stmt.parameters is not None else None
+            if executing:
+                schema = self.execution_schema(context, stmt.query, params)
+            elif params is not None:
+                schema = self.query_schema(context, stmt.query, params)
             return schema, data
         if name == "CommandGetTables" and cmd.include_schema:
             return schemas.TABLES_SCHEMA_WITH_SCHEMA, data

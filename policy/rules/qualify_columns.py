@@ -6,6 +6,12 @@ and ``* REPLACE``) and qualifies columns against a schema that holds only the
 column, with suggestions taken from visible columns only. Every column is then
 checked against its source, including columns the analyst qualified
 themselves (``s.ssn``) and correlated references.
+
+sqlglot leaves some columns as they are, and they are checked here too: an
+unqualified column under ``HAVING``, ``QUALIFY`` or ``ORDER BY`` (it may name
+an output of the block) must be an output name or a column of a source in
+reach; a column qualified with the alias of the subquery it sits in (sqlglot
+does that to a bare column of a FROM-less ``LATERAL``) is unknown.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import re
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.qualify import qualify
-from sqlglot.optimizer.scope import Scope, traverse_scope
+from sqlglot.optimizer.scope import Scope, traverse_scope, walk_in_scope
 
 from gateway.errors import UnknownColumnError, did_you_mean
 from policy.access import visible_columns
@@ -63,6 +69,75 @@ def _find_source(scope: Scope, name: str) -> exp.Expr | Scope | None:
     return None
 
 
+def _encloses(source: exp.Expr | Scope, node: exp.Expr) -> bool:
+    """True when ``node`` sits inside the subquery ``source`` (a self-reference)."""
+    if not isinstance(source, Scope):
+        return False
+    parent = node.parent
+    while parent is not None:
+        if parent is source.expression:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _columns_in_reach(
+    scope: Scope, catalog: Catalog, schemas: Schemas, node: exp.Expr
+) -> list[tuple[str, list[str]]]:
+    """(name, columns) of every listable source ``node`` in ``scope`` may read, outer ones too."""
+    found: list[tuple[str, list[str]]] = []
+    current: Scope | None = scope
+    while current is not None:
+        for source in current.sources.values():
+            if not isinstance(source, (exp.Expr, Scope)) or _encloses(source, node):
+                continue
+            entry = _source_columns(source, catalog, schemas)
+            if entry is not None:
+                found.append(entry)
+        current = current.parent
+    return found
+
+
+def _check_output_references(scope: Scope, catalog: Catalog, schemas: Schemas) -> None:
+    """Unqualified columns under HAVING, QUALIFY and ORDER BY, which sqlglot leaves out.
+
+    Each must be an output name of the block or a column some source in reach
+    offers (a correlated reference); anything else, a hidden column included, is
+    unknown.
+    """
+    query = scope.expression
+    if not isinstance(query, exp.Query):
+        return
+    outputs = {name.lower() for name in query.named_selects}
+    local = {alias.lower() for alias in scope.sources}
+    for clause in ("having", "qualify", "order"):
+        node = query.args.get(clause)
+        if node is None:
+            continue
+        for column in walk_in_scope(node):
+            if not isinstance(column, exp.Column) or column.table:
+                continue
+            if isinstance(column.this, exp.Star) or column.name.lower() in outputs:
+                continue
+            reach = _columns_in_reach(scope, catalog, schemas, column)
+            if any(column.name.lower() in {c.lower() for c in cols} for _, cols in reach):
+                continue
+            if column.name.lower() in local:
+                raise _whole_row(column.name, column)
+            own = [
+                entry
+                for source in scope.sources.values()
+                if isinstance(source, (exp.Expr, Scope))
+                and (entry := _source_columns(source, catalog, schemas))
+            ]
+            raise _unknown(
+                column.name,
+                own[0][0] if len(own) == 1 else None,
+                [c for _, cols in reach for c in cols],
+                column,
+            )
+
+
 def _unknown(
     name: str, table: str | None, candidates: list[str], node: exp.Expr
 ) -> UnknownColumnError:
@@ -99,6 +174,8 @@ def _validate(expression: exp.Expr, catalog: Catalog, schemas: Schemas) -> None:
     for node in expression.find_all(exp.TableColumn):
         raise _whole_row(node.name, node)
     for scope in traverse_scope(expression):
+        if isinstance(scope.expression, (exp.Select, exp.SetOperation)):
+            _check_output_references(scope, catalog, schemas)
         if not isinstance(scope.expression, exp.Select):
             continue
         listed = {
@@ -125,6 +202,11 @@ def _validate(expression: exp.Expr, catalog: Catalog, schemas: Schemas) -> None:
                     line=line,
                     col=col,
                 )
+            if _encloses(source, column):
+                # ``LATERAL (SELECT ssn) AS x``: sqlglot gave the bare column the
+                # alias of the very subquery it is in; no source offers it.
+                reach = _columns_in_reach(scope, catalog, schemas, column)
+                raise _unknown(column.name, None, [c for _, cols in reach for c in cols], column)
             entry = _source_columns(source, catalog, schemas)
             if entry is None:
                 continue

@@ -5,6 +5,9 @@ table, no catalog, and an alias (the name the analyst used when they gave
 none). CTE references stay as they are; every other ``exp.Table`` (unknown,
 denied, system tables, file paths, table functions) is refused with the same
 "not found" message.
+
+A table in parentheses (``FROM (people)``) loses them first, and two FROM
+items of one block may not share a name (``FROM people, people``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,59 @@ def cte_references(expression: exp.Expr) -> set[int]:
     return refs
 
 
+def _unwrap_parentheses(expression: exp.Expr) -> None:
+    """``FROM (people)`` and ``FROM ((people)) AS p`` become plain table references.
+
+    Left alone, the rewrite would put the policy subquery inside the parentheses,
+    which DuckDB does not parse.
+    """
+    for table in list(expression.find_all(exp.Table)):
+        while isinstance(table.parent, exp.Subquery) and table.arg_key == "this":
+            wrapper = table.parent
+            if any(v for k, v in wrapper.args.items() if k not in ("this", "alias")):
+                break
+            if table.args.get("joins"):
+                break
+            alias = wrapper.args.get("alias")
+            if alias is not None:
+                if table.args.get("alias") is not None or alias.columns:
+                    break
+                table.set("alias", alias)
+            wrapper.replace(table)
+
+
+def _from_items(select: exp.Select) -> list[exp.Expr]:
+    from_ = select.args.get("from_")
+    items = [from_.this] if isinstance(from_, exp.From) else []
+    return items + [join.this for join in select.args.get("joins") or []]
+
+
+def _check_distinct_names(expression: exp.Expr) -> None:
+    """Each FROM item of a block needs its own name, as DuckDB requires."""
+    for select in expression.find_all(exp.Select):
+        seen: set[str] = set()
+        for item in _from_items(select):
+            name = item.alias_or_name
+            if not name:
+                continue
+            if name.lower() not in seen:
+                seen.add(name.lower())
+                continue
+            line, col = location(item)
+            if isinstance(item, exp.Table) and not item.alias:
+                raise SqlError(
+                    f"Table '{name}' appears twice in FROM; give each an alias "
+                    f"({name} AS a, {name} AS b)",
+                    line=line,
+                    col=col,
+                )
+            raise SqlError(
+                f"Alias '{name}' is used twice in FROM; give each table its own alias",
+                line=line,
+                col=col,
+            )
+
+
 def _display(table: exp.Table) -> str:
     if not isinstance(table.this, exp.Identifier):
         func = table.this
@@ -57,6 +113,8 @@ def resolve_tables(
     expression: exp.Expr, *, policy: Policy, catalog: Catalog, **_: object
 ) -> exp.Expr:
     """Make every table reference canonical or raise :class:`TableNotFoundError`."""
+    _unwrap_parentheses(expression)
+    _check_distinct_names(expression)
     ctes = cte_references(expression)
     by_name: dict[str, list[tuple[str, str]]] = {}
     for dataset, name in catalog:
@@ -92,6 +150,11 @@ def resolve_tables(
         if found is None:
             raise TableNotFoundError(name, candidates=visible, line=line, col=col)
         extra = sorted(k for k, v in table.args.items() if v and k not in _PLAIN_TABLE_ARGS)
+        if extra == ["joins"]:
+            raise NotSupportedError(
+                "Joins in parentheses are not supported; write them without the "
+                "parentheses (FROM a JOIN b ON …) or as a subquery (SELECT … FROM a JOIN b …)"
+            )
         if extra:
             raise NotSupportedError(
                 f"Table '{name}': {', '.join(extra)} is not supported on protected tables"

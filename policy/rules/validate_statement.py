@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from gateway.errors import RefusedStatementError
+from gateway.errors import NotSupportedError, RefusedStatementError
 from policy.locate import location
 
 ALLOWED = "Only SELECT queries are allowed (SELECT, WITH … SELECT, UNION, INTERSECT, EXCEPT)"
@@ -51,4 +51,11 @@ def validate_statement(expression: exp.Expr, **_: object) -> exp.Expr:
             )
     if not isinstance(expression, exp.Query):
         raise RefusedStatementError(f"{type(expression).__name__.upper()} is refused. {ALLOWED}")
+    for with_ in expression.find_all(exp.With):
+        if with_.args.get("recursive"):
+            # Not analysed: the self-reference would need its own scoping, join and
+            # aggregate rules. Refused rather than half-checked.
+            raise NotSupportedError(
+                "Recursive CTEs are not supported; write the query without WITH RECURSIVE"
+            )
     return expression
