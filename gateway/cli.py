@@ -82,7 +82,8 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
 
     with open_domain(args.policy, args.data_dir) as domain:
         try:
-            explanation = explain(domain, args.user, args.sql, dialect=args.dialect)
+            explanation = explain(domain, args.user, args.sql, dialect=args.dialect,
+                                  epsilon=args.epsilon)
         except StockadeError as err:
             if args.format == "json":
                 print(json.dumps({"user": args.user, "refused": True, "error": str(err)},
@@ -113,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     serve.set_defaults(func=_cmd_serve)
 
+    from gateway.cli_budget import add_budget_parser
     from gateway.cli_users import add_users_parser
 
     add_users_parser(sub)
+    add_budget_parser(sub)
 
     policy = sub.add_parser("policy", help="work with policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
@@ -132,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "explain", help="show what a query becomes for a user, without running it",
         description="Print the user's role, the decision per table the query reads (mode, row "
                     "filters with the user's attributes bound, hidden columns, masks) and the "
-                    "rewritten SQL. Nothing is run. Exit 2 if the query is refused.")
+                    "rewritten SQL; for dp tables also the privacy unit, bounds, SmartNoise "
+                    "query, noise per column, ε/δ cost and the user's remaining budget. Nothing "
+                    "is run or charged. Exit 2 if the query is refused.")
     explain.add_argument("sql", metavar="SQL", help="the query, as the analyst would send it")
     explain.add_argument("--policy", required=True, help="the policy YAML file")
     explain.add_argument("--data-dir", required=True,
@@ -140,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--user", required=True, help="the user to explain the query for")
     explain.add_argument("--dialect", help="the SQL's dialect (default duckdb; a leading "
                                            "/* dialect: … */ comment wins)")
+    explain.add_argument("--epsilon", metavar="EPS",
+                         help="the per-query ε of a query on dp tables (default: the grant's "
+                              "epsilon_per_query; a leading /* epsilon: … */ comment wins)")
     explain.add_argument("--format", choices=("text", "json"), default="text")
     explain.set_defaults(func=_cmd_policy_explain)
 

@@ -91,7 +91,12 @@ class Domain:
         *,
         limits: EngineLimits | None = None,
     ) -> Domain:
-        """Load the policy, build and lock the engine, open the state store."""
+        """Load the policy, build and lock the engine, open the state store.
+
+        The policy's dataset caps (``budget_cap``) are applied to the ledger here,
+        when a gateway starts (not in :meth:`__init__`, which the read-only policy
+        tools also use on a live state store).
+        """
         policy = load_policy(policy_path)
         data_dir = Path(data_dir)
         engine = build_engine(policy, data_dir / "engine", limits=limits)
@@ -101,7 +106,9 @@ class Domain:
             engine.close()
             raise
         try:
-            return cls(policy, engine, store)
+            domain = cls(policy, engine, store)
+            domain.ledger.apply_policy_caps(policy)
+            return domain
         except BaseException:
             engine.close()
             store.close()

@@ -20,7 +20,7 @@ so sums and comparisons are exact (a charge is rounded to the nearest unit).
 
 >>> import tempfile
 >>> from argon2 import PasswordHasher
->>> from policy.model import Budget
+>>> from policy.model import Budget, Policy
 >>> with tempfile.TemporaryDirectory() as data_dir:
 ...     with StateStore(data_dir, hasher=PasswordHasher(memory_cost=8192)) as store:
 ...         ledger = Ledger(store)
@@ -40,7 +40,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from gateway.errors import BudgetExhaustedError, InputError
 from gateway.state import StateStore
-from policy.model import Budget
+from policy.model import Budget, Policy
 
 EPSILON_UNIT = 10**12
 DELTA_UNIT = 10**18
@@ -295,6 +295,54 @@ class Ledger:
                 (dataset, to_units(amount.epsilon, EPSILON_UNIT),
                  to_units(amount.delta, DELTA_UNIT), self._clock()),
             )
+
+    def apply_policy_caps(self, policy: Policy) -> None:
+        """Make the dataset caps exactly those the policy declares (``budget_cap``).
+
+        Called when a domain starts: each declared cap is set, and a dataset
+        that declares none has its cap removed. Charges are never touched, so a
+        cap lowered below what was already spent leaves nothing to spend.
+        """
+        caps = {name: d.budget_cap for name, d in policy.datasets.items()
+                if d.budget_cap is not None}
+        now = self._clock()
+        with self.store._transaction() as con:
+            stored = {d for (d,) in con.execute("SELECT dataset FROM budget_dataset_caps")}
+            for dataset in sorted(stored - set(caps)):
+                con.execute("DELETE FROM budget_dataset_caps WHERE dataset = ?", (dataset,))
+            for dataset, cap in sorted(caps.items()):
+                eps, delta = _budget_units(cap)
+                con.execute(
+                    "INSERT INTO budget_dataset_caps (dataset, epsilon, delta, updated_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (dataset) DO UPDATE SET"
+                    " epsilon = excluded.epsilon, delta = excluded.delta,"
+                    " updated_at = excluded.updated_at"
+                    " WHERE epsilon != excluded.epsilon OR delta != excluded.delta",
+                    (dataset, eps, delta, now),
+                )
+
+    def dataset_caps(self) -> dict[str, tuple[float, float, float, float]]:
+        """Dataset → (cap ε, cap δ, ε spent, δ spent) by all users, for each capped dataset."""
+        with self.store._pool.connection() as con:
+            rows = con.execute(
+                "SELECT c.dataset, c.epsilon, c.delta,"
+                " (SELECT COALESCE(SUM(epsilon), 0) FROM budget_charges WHERE dataset = c.dataset),"
+                " (SELECT COALESCE(SUM(delta), 0) FROM budget_charges WHERE dataset = c.dataset)"
+                " FROM budget_dataset_caps c ORDER BY c.dataset"
+            ).fetchall()
+        return {d: (_eps(e), _delta(dl), _eps(se), _delta(sd)) for d, e, dl, se, sd in rows}
+
+    def allowances(self) -> list[tuple[str, str]]:
+        """Every (user, dataset) whose allowance is stored (set, or used once), sorted.
+
+        A user's first charge stores the allowance, so every charge has one.
+        """
+        with self.store._pool.connection() as con:
+            rows = con.execute(
+                "SELECT user_name, dataset FROM budget_allowances"
+                " ORDER BY user_name COLLATE NOCASE, dataset"
+            ).fetchall()
+        return [(str(u), str(d)) for u, d in rows]
 
     # -- charging
 

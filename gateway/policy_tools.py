@@ -12,7 +12,9 @@ users of ``data_dir`` when one is given. Then:
   columns, operators, functions, literals — and never fails because the
   attribute's type is unknown. :func:`check_users` then binds the attributes of
   each real user, which checks the attributes themselves.
-- :func:`explain` shows, without running it, what a query becomes for a user.
+- :func:`explain` shows, without running it, what a query becomes for a user;
+  for a query on ``dp`` tables, also its SmartNoise query, the noise of each
+  column, its ε/δ cost and the user's remaining budget, charging nothing.
 
 Errors are :class:`~gateway.errors.PolicyError` located at the YAML line:
 
@@ -40,8 +42,11 @@ import yaml
 from sqlglot import exp
 
 from gateway.domain import Domain, build_engine
+from gateway.dp import DpPlan
+from gateway.dp.queries import META as DP_META
 from gateway.engine import EngineLimits, engine_error
 from gateway.errors import ConfigError, PolicyError, StockadeError
+from gateway.ledger import DELTA_UNIT, EPSILON_UNIT, to_units
 from gateway.state import STATE_FILE, StateStore
 from policy.access import dataset_grant, table_access
 from policy.expressions import (
@@ -335,6 +340,133 @@ class TableDecision:
     hidden: tuple[str, ...] = ()
     masks: Mapping[str, str] = field(default_factory=dict)
     min_group_size: int | None = None
+    # dp mode only: the privacy unit, its rows bound and each bounded column's bounds.
+    privacy_unit: str | None = None
+    max_rows_per_unit: int | None = None
+    bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "dataset": self.dataset, "table": self.table, "mode": self.mode,
+            "row_filters": list(self.row_filters), "hidden": list(self.hidden),
+            "masks": dict(self.masks), "min_group_size": self.min_group_size,
+        }
+        if self.mode == "dp":
+            out["privacy_unit"] = self.privacy_unit
+            out["max_rows_per_unit"] = self.max_rows_per_unit
+            out["bounds"] = {c: {"lower": lo, "upper": hi} for c, (lo, hi) in self.bounds.items()}
+        return out
+
+    def to_text(self) -> list[str]:
+        lines = [f"table {self.dataset}.{self.table}: {self.mode}"]
+        if self.min_group_size is not None:
+            lines.append(f"  min group size: {self.min_group_size}")
+        if self.mode == "dp":
+            unit = (f"{self.privacy_unit} (at most {self.max_rows_per_unit or 1} row(s) per "
+                    "unit)" if self.privacy_unit else "none (each row is a unit)")
+            lines.append(f"  privacy unit: {unit}")
+            lines.append("  bounds: " + (", ".join(
+                f"{c} [{_number(lo)}, {_number(hi)}]" for c, (lo, hi) in self.bounds.items())
+                or "none (only COUNT is possible)"))
+        lines.append("  row filters: " + (" AND ".join(f"({f})" for f in self.row_filters)
+                                          if self.row_filters else "none"))
+        lines.append("  hidden columns: " + (", ".join(self.hidden) or "none"))
+        lines.append("  masks:" + ("" if self.masks else " none"))
+        lines.extend(f"    {column}: {mask}" for column, mask in self.masks.items())
+        return lines
+
+
+def _number(value: float | None) -> str:
+    """A bound or an amount as written: ``110`` rather than ``110.0``.
+
+    >>> _number(110.0), _number(0.25), _number(None), _number(1e-06)
+    ('110', '0.25', 'none', '1e-06')
+    """
+    return "none" if value is None else f"{value:.12g}"
+
+
+@dataclass(frozen=True)
+class DpDecision:
+    """What a query on a ``dp`` table would cost and release; nothing is charged."""
+
+    epsilon: float  # per mechanism
+    delta: float
+    cost_epsilon: float
+    cost_delta: float
+    answered_before: bool  # a repeat is answered from the stored answer at no cost
+    allowance_epsilon: float
+    allowance_delta: float
+    spent_epsilon: float
+    spent_delta: float
+    remaining_epsilon: float
+    remaining_delta: float
+    columns: tuple[Mapping[str, Any], ...]  # per noisy column: mechanism, scale, half-width
+    smartnoise_sql: str  # over ``dp.rel``: the relation is the explanation's ``sql``
+
+    @property
+    def charge(self) -> tuple[float, float]:
+        """What running the query now would charge (ε, δ)."""
+        if self.answered_before:
+            return (0.0, 0.0)
+        return (self.cost_epsilon, self.cost_delta)
+
+    @property
+    def affordable(self) -> bool:
+        """Whether the remaining budget covers :attr:`charge` (exactly, in ledger units)."""
+        eps, delta = self.charge
+        return (to_units(eps, EPSILON_UNIT) <= to_units(self.remaining_epsilon, EPSILON_UNIT)
+                and to_units(delta, DELTA_UNIT) <= to_units(self.remaining_delta, DELTA_UNIT))
+
+    def to_json(self) -> dict[str, Any]:
+        eps, delta = self.charge
+        return {
+            "epsilon_per_query": self.epsilon,
+            "delta_per_query": self.delta,
+            "cost": {"epsilon": self.cost_epsilon, "delta": self.cost_delta},
+            "answered_before": self.answered_before,
+            "charge": {"epsilon": eps, "delta": delta},
+            "affordable": self.affordable,
+            "budget": {
+                "epsilon_allowance": self.allowance_epsilon,
+                "epsilon_spent": self.spent_epsilon,
+                "epsilon_remaining": self.remaining_epsilon,
+                "delta_allowance": self.allowance_delta,
+                "delta_spent": self.spent_delta,
+                "delta_remaining": self.remaining_delta,
+            },
+            "columns": [dict(c) for c in self.columns],
+            "smartnoise_sql": self.smartnoise_sql,
+        }
+
+    def to_text(self) -> list[str]:
+        eps, delta = self.charge
+        lines = [
+            f"dp: ε {_number(self.epsilon)} and δ {_number(self.delta)} per mechanism",
+            f"  cost: ε {_number(self.cost_epsilon)}, δ {_number(self.cost_delta)} "
+            "(explain charges nothing)",
+        ]
+        if self.answered_before:
+            lines.append("  answered before: running it again returns the stored answer "
+                         "at no cost")
+        lines.append(
+            f"  budget: ε {_number(self.remaining_epsilon)} of {_number(self.allowance_epsilon)}"
+            f" left ({_number(self.spent_epsilon)} spent), δ {_number(self.remaining_delta)} "
+            f"of {_number(self.allowance_delta)} left")
+        if not self.affordable:
+            lines.append(f"  not enough budget: running it needs ε {_number(eps)}, "
+                         f"δ {_number(delta)}")
+        lines.append("  noise per column (95% confidence half-width):"
+                     + ("" if self.columns else " none"))
+        for c in self.columns:
+            scales = ", ".join(f"{s:.4g}" for s in c["scale"])
+            widths = ", ".join(f"{w:.4g}" for w in c["ci95_half_width"])
+            if c["derived"]:
+                lines.append(f"    {c['column']}: derived from {c['mechanism']} noise of "
+                             f"scales {scales} (half-widths ±{widths})")
+            else:
+                lines.append(f"    {c['column']}: {c['mechanism']}, scale {scales}, "
+                             f"±{widths}")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -349,22 +481,21 @@ class Explanation:
     sql: str
     max_rows: int
     timeout_s: float
+    dp: DpDecision | None = None  # for a query on dp tables; ``sql`` is then the relation
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "user": self.user,
             "role": self.role,
             "attributes": dict(self.attributes),
             "dialect": self.dialect,
-            "tables": [
-                {"dataset": t.dataset, "table": t.table, "mode": t.mode,
-                 "row_filters": list(t.row_filters), "hidden": list(t.hidden),
-                 "masks": dict(t.masks), "min_group_size": t.min_group_size}
-                for t in self.tables
-            ],
+            "tables": [t.to_json() for t in self.tables],
             "sql": self.sql,
             "limits": {"max_rows": self.max_rows, "timeout_s": self.timeout_s},
         }
+        if self.dp is not None:
+            out["dp"] = self.dp.to_json()
+        return out
 
     def to_text(self) -> str:
         attributes = ", ".join(f"{k}={v!r}" for k, v in sorted(self.attributes.items()))
@@ -375,14 +506,14 @@ class Explanation:
             f"limits: at most {self.max_rows:,} rows, {self.timeout_s:g} s",
         ]
         for t in self.tables:
-            lines.append(f"table {t.dataset}.{t.table}: {t.mode}")
-            if t.min_group_size is not None:
-                lines.append(f"  min group size: {t.min_group_size}")
-            lines.append("  row filters: " + (" AND ".join(f"({f})" for f in t.row_filters)
-                                              if t.row_filters else "none"))
-            lines.append("  hidden columns: " + (", ".join(t.hidden) or "none"))
-            lines.append("  masks:" + ("" if t.masks else " none"))
-            lines.extend(f"    {column}: {mask}" for column, mask in t.masks.items())
+            lines.extend(t.to_text())
+        if self.dp is not None:
+            lines.extend(self.dp.to_text())
+            lines.append("SmartNoise query (over dp.rel, the relation below):")
+            lines.append(self.dp.smartnoise_sql)
+            lines.append("relation dp.rel (the table under the policy):")
+            lines.append(self.sql)
+            return "\n".join(lines)
         lines.append("rewritten SQL:")
         lines.append(self.sql)
         return "\n".join(lines)
@@ -418,37 +549,97 @@ def _mask_as_written(text: str, dataset: str, table: str, column: str, fallback:
     return fallback
 
 
-def explain(domain: Domain, user_name: str, sql: str, *, dialect: str | None = None) -> Explanation:
-    """What ``sql`` becomes for the stored user ``user_name``; raises if it is refused."""
-    from gateway.dialects import resolve_dialect
+def _decision(domain: Domain, principal: Principal, text: str, dataset: str, table: str,
+              mode: str) -> TableDecision:
+    """What the policy does to ``dataset.table`` for ``principal``, as shown to the owner."""
+    access = table_access(domain.policy, principal, dataset, table)
+    if access is None:  # pragma: no cover - plans only hold readable tables
+        raise PolicyError(f"Table '{dataset}.{table}' is not readable by this user")
+    secrets = domain.policy.secrets
+    filters = tuple(  # as shown: a secret reads {secret.NAME}
+        bind_secrets(bind_attributes(parse_fragment(f), principal), secrets)[1].sql("duckdb")
+        for f in access.row_filters
+    )
+    columns = domain.schemas.get((dataset, table), {})
+    hidden = tuple(c for c in columns if access.is_hidden(c))
+    masks = {c: _mask_as_written(text, dataset, table, c, m)
+             for c, m in access.masks.items() if not access.is_hidden(c)}
+    if mode != "dp":
+        return TableDecision(dataset, table, mode, filters, hidden, masks, access.min_group_size)
+    bounds = {c: (p.lower, p.upper) for c, p in access.columns.items()
+              if (p.lower is not None or p.upper is not None) and not access.is_hidden(c)}
+    return TableDecision(dataset, table, mode, filters, hidden, masks, access.min_group_size,
+                         privacy_unit=access.privacy_unit,
+                         max_rows_per_unit=access.max_rows_per_unit or 1, bounds=bounds)
+
+
+def _shown(domain: Domain, sql: str) -> str:
+    """``sql`` pretty-printed, any secret value of the policy written ``{secret.NAME}``."""
+    for name, value in domain.policy.secrets.items():
+        if value:
+            quoted = "'" + value.replace("'", "''") + "'"
+            sql = sql.replace(quoted, f"{{secret.{name}}}").replace(value, f"{{secret.{name}}}")
+    return pretty_sql(sql)
+
+
+def explain(
+    domain: Domain,
+    user_name: str,
+    sql: str,
+    *,
+    dialect: str | None = None,
+    epsilon: float | str | None = None,
+) -> Explanation:
+    """What ``sql`` becomes for the stored user ``user_name``; raises if it is refused.
+
+    ``epsilon`` is the per-query ε of a query on ``dp`` tables (default: the
+    grant's ``epsilon_per_query``; a leading ``/* epsilon: … */`` comment wins).
+    Nothing is run and nothing is charged.
+    """
+    from gateway.dialects import check_epsilon, resolve_dialect
 
     user = domain.store.get_user(user_name)
     principal = domain.principal_for(user)
     resolved, _ = resolve_dialect(sql, session=dialect)
-    plan = domain.plan(principal, sql, dialect=dialect)
-    text = _policy_text(domain.policy)
-    decisions = []
-    for use in plan.tables:
-        access = table_access(domain.policy, principal, use.dataset, use.table)
-        if access is None:  # pragma: no cover - the plan only holds readable tables
-            continue
-        secrets = domain.policy.secrets
-        filters = tuple(  # as shown: a secret reads {secret.NAME}
-            bind_secrets(bind_attributes(parse_fragment(f), principal), secrets)[1].sql("duckdb")
-            for f in access.row_filters
-        )
-        columns = domain.schemas.get((use.dataset, use.table), {})
-        hidden = tuple(c for c in columns if access.is_hidden(c))
-        masks = {c: _mask_as_written(text, use.dataset, use.table, c, m)
-                 for c, m in access.masks.items() if not access.is_hidden(c)}
-        decisions.append(TableDecision(use.dataset, use.table, use.mode, filters, hidden, masks,
-                                       access.min_group_size))
-    shown = plan.display_sql or plan.sql
+    chosen = check_epsilon(epsilon) if epsilon is not None else None
     limits = domain.policy.limits_for(principal.role)
+    text = _policy_text(domain.policy)
+    dp = domain.dp_plan(principal, sql, dialect=dialect, epsilon=chosen)
+    if dp is not None:
+        decision = _decision(domain, principal, text, dp.dataset, dp.table, "dp")
+        return Explanation(
+            user=user.name, role=user.role, attributes=dict(user.attributes), dialect=resolved,
+            tables=(decision,), sql=_shown(domain, dp.query.relation_sql),
+            max_rows=limits.max_rows, timeout_s=limits.timeout_s,
+            dp=_dp_decision(domain, principal, dp),
+        )
+    plan = domain.plan(principal, sql, dialect=dialect)
+    decisions = tuple(_decision(domain, principal, text, use.dataset, use.table, use.mode)
+                      for use in plan.tables)
+    shown = plan.display_sql or plan.sql
     return Explanation(
         user=user.name, role=user.role, attributes=dict(user.attributes), dialect=resolved,
-        tables=tuple(decisions), sql=pretty_sql(shown), max_rows=limits.max_rows,
+        tables=decisions, sql=pretty_sql(shown), max_rows=limits.max_rows,
         timeout_s=limits.timeout_s,
+    )
+
+
+def _dp_decision(domain: Domain, principal: Principal, plan: DpPlan) -> DpDecision:
+    """The cost, the noise and the budget of ``plan``: read only, nothing is charged."""
+    cost = domain.dp.cost(plan)
+    schema = domain.dp.result_schema(plan)
+    columns = json.loads((schema.metadata or {}).get(f"{DP_META}columns".encode(), b"[]"))
+    balance = domain.ledger.balance(principal.user, plan.dataset,
+                                    default=plan.query.access.budget)
+    return DpDecision(
+        epsilon=plan.epsilon, delta=plan.delta,
+        cost_epsilon=cost.epsilon, cost_delta=cost.delta,
+        answered_before=domain.ledger.answer(plan.key) is not None,
+        allowance_epsilon=balance.allowance_epsilon, allowance_delta=balance.allowance_delta,
+        spent_epsilon=balance.spent_epsilon, spent_delta=balance.spent_delta,
+        remaining_epsilon=balance.remaining_epsilon, remaining_delta=balance.remaining_delta,
+        columns=tuple(columns),
+        smartnoise_sql=plan.query.smartnoise_sql,
     )
 
 

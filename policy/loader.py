@@ -341,7 +341,7 @@ def _limits(node: _Node) -> LimitsOverride:
 
 def _dataset(name: str, node: _Node, base: Path, context: _Context) -> Dataset:
     _name_node(node, name)
-    e = node.mapping(("description", "tags", "tables"), required=("tables",))
+    e = node.mapping(("description", "tags", "tables", "budget_cap"), required=("tables",))
     tables = {t: _table(t, n, base, context) for t, n in e["tables"].names().items()}
     _check_unique_ci("table", e["tables"], tables)
     return Dataset(
@@ -349,6 +349,7 @@ def _dataset(name: str, node: _Node, base: Path, context: _Context) -> Dataset:
         tables=tables,
         description=_opt(e, "description", _Node.as_str) or "",
         tags=_opt(e, "tags", _Node.as_str_list) or (),
+        budget_cap=_opt(e, "budget_cap", _budget),
     )
 
 
@@ -489,7 +490,16 @@ def _role(
 
 def _dataset_grant(node: _Node, dataset: Dataset, context: _Context) -> DatasetGrant:
     e = node.mapping(
-        ("mode", "row_filter", "min_group_size", "epsilon_per_query", "budget", "tables"),
+        (
+            "mode",
+            "row_filter",
+            "min_group_size",
+            "epsilon_per_query",
+            "min_epsilon_per_query",
+            "max_epsilon_per_query",
+            "budget",
+            "tables",
+        ),
         required=("mode",),
     )
     mode = _mode(e["mode"])
@@ -511,9 +521,16 @@ def _dataset_grant(node: _Node, dataset: Dataset, context: _Context) -> DatasetG
         row_filter=row_filter,
         min_group_size=_opt(e, "min_group_size", lambda n: n.as_int(minimum=1)),
         epsilon_per_query=_opt(e, "epsilon_per_query", lambda n: n.as_number(positive=True)),
+        min_epsilon_per_query=_opt(
+            e, "min_epsilon_per_query", lambda n: n.as_number(positive=True)
+        ),
+        max_epsilon_per_query=_opt(
+            e, "max_epsilon_per_query", lambda n: n.as_number(positive=True)
+        ),
         budget=_opt(e, "budget", _budget),
         tables=tables,
     )
+    _check_epsilon_bounds(grant, e)
     for t_name, table in dataset.tables.items():
         t_grant = tables.get(t_name)
         t_mode = (t_grant.mode if t_grant else None) or mode
@@ -532,6 +549,28 @@ def _dataset_grant(node: _Node, dataset: Dataset, context: _Context) -> DatasetG
         if t_mode == "dp" and (grant.epsilon_per_query is None or grant.budget is None):
             raise node.error("'dp' mode needs epsilon_per_query and budget: {epsilon, delta}")
     return grant
+
+
+def _check_epsilon_bounds(grant: DatasetGrant, e: dict[str, _Node]) -> None:
+    """``min_epsilon_per_query`` ≤ ``epsilon_per_query`` ≤ ``max_epsilon_per_query``."""
+    low, high = grant.min_epsilon_per_query, grant.max_epsilon_per_query
+    if low is not None and high is not None and low > high:
+        raise e["min_epsilon_per_query"].error(
+            f"min_epsilon_per_query ({low:g}) is greater than max_epsilon_per_query ({high:g})"
+        )
+    eps = grant.epsilon_per_query
+    if eps is None:
+        return
+    if high is not None and eps > high:
+        raise e["epsilon_per_query"].error(
+            f"epsilon_per_query ({eps:g}) is above max_epsilon_per_query ({high:g}); "
+            "the default ε must be one an analyst may choose"
+        )
+    if low is not None and eps < low:
+        raise e["epsilon_per_query"].error(
+            f"epsilon_per_query ({eps:g}) is below min_epsilon_per_query ({low:g}); "
+            "the default ε must be one an analyst may choose"
+        )
 
 
 def _table_grant(node: _Node, context: _Context) -> TableGrant:

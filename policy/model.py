@@ -111,22 +111,29 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """An amount of privacy budget, ε and δ (used by ``dp`` mode)."""
+
+    epsilon: float
+    delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class Dataset:
+    """One dataset: its tables and, for ``dp`` mode, an optional cap shared by all users.
+
+    ``budget_cap`` bounds the ε and δ all users together may spend on the
+    dataset, whatever their own allowances (see :mod:`gateway.ledger`).
+    """
+
     name: str
     tables: Mapping[str, Table]
     description: str = ""
     tags: tuple[str, ...] = ()
+    budget_cap: Budget | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tables", _frozen_map(self.tables))
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A role's privacy budget for one dataset (used by ``dp`` mode)."""
-
-    epsilon: float
-    delta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -144,17 +151,33 @@ class TableGrant:
 
 @dataclass(frozen=True)
 class DatasetGrant:
-    """What a role may do with one dataset."""
+    """What a role may do with one dataset.
+
+    ``dp`` mode: ``epsilon_per_query`` is the ε of a query whose caller does not
+    choose one; a caller's ε must lie within ``min_epsilon_per_query`` and
+    ``max_epsilon_per_query`` (``None``: no bound beyond the budget). ``budget``
+    is each user's initial allowance for the dataset.
+
+    >>> DatasetGrant("dp", epsilon_per_query=0.1, max_epsilon_per_query=1.0).epsilon_bounds
+    (None, 1.0)
+    """
 
     mode: str
     row_filter: str | None = None
     min_group_size: int | None = None
     epsilon_per_query: float | None = None
+    min_epsilon_per_query: float | None = None
+    max_epsilon_per_query: float | None = None
     budget: Budget | None = None
     tables: Mapping[str, TableGrant] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tables", _frozen_map(self.tables))
+
+    @property
+    def epsilon_bounds(self) -> tuple[float | None, float | None]:
+        """``(min_epsilon_per_query, max_epsilon_per_query)``."""
+        return (self.min_epsilon_per_query, self.max_epsilon_per_query)
 
 
 @dataclass(frozen=True)

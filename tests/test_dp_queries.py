@@ -10,13 +10,14 @@ import pyarrow as pa
 import pytest
 import sqlglot
 from sqlglot import exp
-from test_dp_env import DpEnv, open_env
+from test_dp_env import POLICY, DpEnv, open_env
 
 from gateway.dp.bounds import UnitBounds
 from gateway.dp.reader import duckdb_sql
 from gateway.dp.translate import DpQueryError
 from gateway.errors import InputError, StockadeError
 from gateway.ledger import ASK_FOR_MORE, BudgetExceededError
+from policy.loader import parse_policy
 
 
 @pytest.fixture
@@ -326,3 +327,76 @@ def test_result_schema_without_running_or_charging(env: DpEnv) -> None:
         assert schema.field(name).metadata == table.schema.field(name).metadata
     answer = table.schema.metadata
     assert {k: v for k, v in answer.items() if k in schema.metadata} == schema.metadata
+
+
+BOUNDED = ("health: {mode: dp, epsilon_per_query: 0.5, min_epsilon_per_query: 0.1, "
+           "max_epsilon_per_query: 1, budget: {epsilon: 5.0, delta: 1.0e-4}}")
+
+
+def bounded(env: DpEnv, tmp_path: Path, *, cap: str = "") -> DpEnv:
+    """``env`` with the analyst's ε bounded to [0.1, 1] (and a dataset cap if given)."""
+    grant = "health: {mode: dp, epsilon_per_query: 0.5, budget: {epsilon: 5.0, delta: 1.0e-4}}"
+    assert grant in POLICY
+    text = POLICY.replace(grant, BOUNDED, 1)
+    if cap:
+        text = text.replace("  health:\n    tables:\n", f"  health:\n    budget_cap: {cap}\n"
+                                                         "    tables:\n", 1)
+    env.policy = parse_policy(text, base_dir=str(tmp_path))
+    return env
+
+
+def test_a_chosen_epsilon_must_be_within_the_grants_bounds(env: DpEnv, tmp_path: Path) -> None:
+    bounded(env, tmp_path)
+    sql = "SELECT COUNT(*) AS n FROM visits"
+    with pytest.raises(InputError, match=re.escape(
+            "ε 5 is above this dataset's maximum of 1 per query; choose ε ≤ 1")):
+        env.plan(sql, epsilon=5)
+    with pytest.raises(InputError, match=re.escape(
+            "ε 0.05 is below this dataset's minimum of 0.1 per query; choose ε ≥ 0.1")):
+        env.plan(sql, epsilon=0.05)
+    assert env.plan(sql).epsilon == 0.5  # the default lies within the bounds
+    assert env.plan(sql, epsilon=1).epsilon == 1.0  # the bounds themselves are allowed
+    assert env.plan(sql, epsilon=0.1).epsilon == 0.1
+    assert meta(env.run(sql, epsilon=0.75), "epsilon_spent") == "0.75"
+    assert [c[2] for c in env.ledger.charges()] == [0.75]  # refused plans charged nothing
+
+
+def test_other_roles_keep_their_own_bounds(env: DpEnv, tmp_path: Path) -> None:
+    bounded(env, tmp_path)  # only the analyst's grant is bounded
+    assert env.plan("SELECT COUNT(*) AS n FROM visits", role="statistician",
+                    epsilon=50).epsilon == 50.0
+
+
+def test_the_policy_cap_is_shared_by_all_users(env: DpEnv, tmp_path: Path) -> None:
+    bounded(env, tmp_path, cap="{epsilon: 1.5, delta: 1.0e-4}")
+    env.ledger.apply_policy_caps(env.policy)
+    assert env.ledger.dataset_caps() == {"health": (1.5, 1e-4, 0.0, 0.0)}
+    env.run("SELECT COUNT(*) AS n FROM visits", user="alice", epsilon=1)
+    table = env.run("SELECT COUNT(*) AS n FROM visits", user="bob")
+    assert meta(table, "epsilon_remaining") == "0.0"  # bob's own 5 ε are capped
+    with pytest.raises(BudgetExceededError, match="shared by all its users is exhausted"):
+        env.run("SELECT SUM(cost) AS s FROM visits", user="carol", epsilon=0.1)
+    # The policy no longer declares a cap: the next start removes it.
+    env.ledger.apply_policy_caps(parse_policy(POLICY, base_dir=str(tmp_path)))
+    assert env.ledger.dataset_caps() == {}
+    assert env.ledger.balance("carol", "health").cap_epsilon is None
+
+
+def test_a_starting_domain_applies_the_policys_caps(env: DpEnv, tmp_path: Path) -> None:
+    from gateway.domain import Domain
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.replace("  health:\n    tables:\n",
+                                     "  health:\n    budget_cap: {epsilon: 7, delta: 1.0e-5}\n"
+                                     "    tables:\n", 1))
+    domain = Domain.open(policy, tmp_path / "served")
+    try:
+        assert domain.ledger.dataset_caps() == {"health": (7.0, 1e-5, 0.0, 0.0)}
+    finally:
+        domain.close()
+    policy.write_text(POLICY)
+    domain = Domain.open(policy, tmp_path / "served")
+    try:
+        assert domain.ledger.dataset_caps() == {}
+    finally:
+        domain.close()

@@ -157,3 +157,23 @@ def test_non_analysts_do_not_see_dp_budgets(gateway):
     result = next(iter(client.do_action(flight.Action("stockade.budget", b"{}"), options)))
     assert json.loads(result.body.to_pybytes()) == []
     client.close()
+
+
+def test_policy_explain_on_the_live_data_dir_predicts_the_charge(gateway, analyst):
+    from gateway.policy_tools import explain, open_domain
+
+    sql = "SELECT site, sum(age) AS s FROM oncology.screenings WHERE age < 60 GROUP BY site"
+    with open_domain(gateway.root / "policy.yaml", gateway.root / "state") as owner_view:
+        before = explain(owner_view, analyst, sql)
+        assert before.dp is not None and before.dp.remaining_epsilon == 3.0
+        conn = adbc(gateway, analyst)
+        try:
+            table = query(conn, sql)
+        finally:
+            conn.close()
+        after = explain(owner_view, analyst, sql)
+    assert meta(table, "epsilon_spent") == before.dp.cost_epsilon
+    assert float(table.schema.metadata[META + b"delta_spent"]) == before.dp.cost_delta
+    assert after.dp is not None and after.dp.answered_before and after.dp.charge == (0.0, 0.0)
+    assert after.dp.remaining_epsilon == meta(table, "epsilon_remaining")
+    assert len(gateway.domain.ledger.charges(analyst)) == 1  # explain charged nothing

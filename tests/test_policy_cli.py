@@ -190,3 +190,136 @@ def test_explain_and_check_never_show_a_secret(test_root, tmp_path, data_dir, ca
         out, err = capsys.readouterr()
         assert code == 0, err
         assert "{secret.salt}" in out and "pepper" not in out + err
+
+
+# -- explain in dp mode -------------------------------------------------------------------
+
+DP_GROUPED = "SELECT site, count(*) AS n, avg(age) AS a FROM oncology.screenings GROUP BY site"
+
+
+def ledger_rows(data_dir: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Everything the ledger keeps: allowances, charges and stored answers."""
+    import sqlite3
+
+    from gateway.state import STATE_FILE
+
+    con = sqlite3.connect(data_dir / STATE_FILE)
+    try:
+        return {table: con.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+                for table in ("budget_allowances", "budget_charges", "dp_answers")}
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def dp_state(tmp_path: Path) -> Path:
+    """A state store with the analyst 'ann' and nothing spent."""
+    path = tmp_path / "dp-state"
+    with StateStore(path, hasher=FAST) as store:
+        role, password, attributes = USERS["ann"]
+        store.add_user("ann", role, password, attributes)
+    return path
+
+
+def test_explain_dp_query_json_shows_decision_cost_and_budget(
+        test_root, dp_state, gateway, capsys):
+    from gateway.ledger import Ledger
+    from policy.principal import Principal
+
+    with StateStore(dp_state, hasher=FAST) as store:
+        Ledger(store).set_allowance("ann", "oncology", 0.3, 1e-6)
+    before = ledger_rows(dp_state)
+    code = main(["policy", "explain", "--policy", str(test_root / "policy.yaml"),
+                 "--data-dir", str(dp_state), "--user", "ann", "--format", "json", DP_GROUPED])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["tables"] == [{
+        "dataset": "oncology", "table": "screenings", "mode": "dp", "row_filters": [],
+        "hidden": ["patient_id"], "masks": {}, "min_group_size": None,
+        "privacy_unit": "patient_id", "max_rows_per_unit": 5,
+        "bounds": {"age": {"lower": 0.0, "upper": 110.0}},
+    }]
+    dp = got["dp"]
+    # A noisy key count, the count, and AVG's sum and count: four mechanisms at ε 0.1.
+    assert dp["epsilon_per_query"] == 0.1 and dp["delta_per_query"] == 1e-8
+    assert dp["cost"] == {"epsilon": pytest.approx(0.4, abs=1e-12), "delta": 1e-8}
+    expected = gateway.domain.dp_cost(Principal("someone", "analyst"), DP_GROUPED)
+    assert dp["cost"]["epsilon"] == expected["epsilon"]
+    assert dp["cost"]["delta"] == expected["delta"]
+    assert dp["budget"] == {"epsilon_allowance": 0.3, "epsilon_spent": 0.0,
+                            "epsilon_remaining": 0.3, "delta_allowance": 1e-6,
+                            "delta_spent": 0.0, "delta_remaining": 1e-6}
+    assert dp["answered_before"] is False and dp["affordable"] is False
+    assert [c["column"] for c in dp["columns"]] == ["n", "a"]
+    assert dp["columns"][1]["derived"] is True
+    assert all(w > s > 0 for c in dp["columns"]
+               for s, w in zip(c["scale"], c["ci95_half_width"], strict=True))
+    assert "dp.rel" in dp["smartnoise_sql"] and "GROUP BY" in dp["smartnoise_sql"]
+    assert '"oncology"."screenings"' in got["sql"]
+    assert ledger_rows(dp_state) == before
+
+
+def test_explain_dp_query_text_with_epsilon_option(test_root, dp_state):
+    sql = "SELECT count(*) AS n FROM oncology.patients WHERE sex = 'F'"
+    proc = explain(test_root, dp_state, "ann", sql, "--epsilon", "0.25")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "role: analyst" in out and "table oncology.patients: dp" in out
+    assert "privacy unit: patient_id (at most 1 row(s) per unit)" in out
+    assert "row filters: (consent)" in out and "hidden columns: patient_id" in out
+    assert "zip: left(zip, 3) || '**'" in out
+    assert "dp: ε 0.25 and δ 0 per mechanism" in out
+    assert "cost: ε 0.25, δ 0 (explain charges nothing)" in out
+    assert "budget: ε 3 of 3 left (0 spent), δ 1e-06 of 1e-06 left" in out
+    assert "n: laplace, scale 4, ±11.98" in out  # scale 1/ε, half-width scale·ln 20
+    assert "SmartNoise query" in out and "SELECT COUNT(*) AS c0 FROM dp.rel" in out
+    relation = out.split("relation dp.rel (the table under the policy):\n", 1)[1]
+    assert "consent" in relation and "'F'" in relation
+    # A comment in the query wins over the option.
+    proc = explain(test_root, dp_state, "ann", "/* epsilon: 0.5 */ " + sql, "--epsilon", "0.25")
+    assert proc.returncode == 0, proc.stderr
+    assert "cost: ε 0.5, δ 0" in proc.stdout
+    assert ledger_rows(dp_state) == {"budget_allowances": [], "budget_charges": [],
+                                     "dp_answers": []}
+
+
+@pytest.mark.parametrize(
+    ("sql", "extra", "message"),
+    [
+        ("SELECT * FROM oncology.screenings", (), "aggregates only"),
+        ("SELECT count(*) FROM oncology.screenings", ("--epsilon", "-1"), "positive number"),
+        ("SELECT sum(tumor_size_mm) FROM oncology.screenings", (), "bounds"),
+    ],
+)
+def test_explain_dp_refusals(test_root, dp_state, capsys, sql, extra, message):
+    code = main(["policy", "explain", "--policy", str(test_root / "policy.yaml"),
+                 "--data-dir", str(dp_state), "--user", "ann", *extra, sql])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and message in err, err
+
+
+def test_explain_after_a_paid_answer_shows_the_free_repeat(test_root, dp_state):
+    from gateway.policy_tools import explain as explain_query
+    from gateway.policy_tools import open_domain
+
+    sql = "SELECT count(*) AS n FROM oncology.screenings WHERE age > 40"
+    with open_domain(test_root / "policy.yaml", dp_state) as domain:
+        first = explain_query(domain, "ann", sql)
+        assert first.dp is not None and not first.dp.answered_before
+        assert first.dp.charge == (first.dp.cost_epsilon, 0.0) and first.dp.affordable
+        assert ledger_rows(dp_state)["budget_charges"] == []
+        plan = domain.dp_plan(domain.principal_for(domain.store.get_user("ann")), sql)
+        assert plan is not None
+        domain.dp.execute(plan)  # pays
+        again = explain_query(domain, "ann", sql)
+        assert again.dp is not None and again.dp.answered_before
+        assert again.dp.charge == (0.0, 0.0)
+        assert again.dp.spent_epsilon == first.dp.cost_epsilon
+        assert again.dp.remaining_epsilon == pytest.approx(3.0 - first.dp.cost_epsilon)
+        assert "answered before" in again.to_text()
+        other = explain_query(domain, "ann", sql, epsilon=0.2)  # another ε: a new query
+        assert other.dp is not None and not other.dp.answered_before
+        assert other.dp.cost_epsilon == pytest.approx(2 * first.dp.cost_epsilon)
+    assert len(ledger_rows(dp_state)["budget_charges"]) == 1

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import PolicyError
 from policy.loader import load_policy, parse_policy
-from policy.model import Limits
+from policy.model import Budget, Limits
 
 ROOT = Path(__file__).parent.parent
 
@@ -192,3 +192,87 @@ def test_per_role_limits() -> None:
     p = parse_policy(text, base_dir="/")
     assert p.limits_for("owner") == Limits(max_rows=5, timeout_s=10.0)
     assert p.limits_for("unknown") == Limits(max_rows=1000000, timeout_s=10.0)
+
+
+DP_GRANT = "oncology: {mode: dp, epsilon_per_query: 0.1, budget: {epsilon: 3.0, delta: 1.0e-6}}"
+
+
+def dp_grant(extra: str) -> str:
+    return replace(DP_GRANT, DP_GRANT.replace("epsilon_per_query: 0.1", extra))
+
+
+def test_epsilon_bounds_and_budget_cap_load() -> None:
+    text = dp_grant("epsilon_per_query: 0.1, min_epsilon_per_query: 0.01, "
+                    "max_epsilon_per_query: 1")
+    text = text.replace("    tags: [cancer, screening]\n",
+                        "    tags: [cancer, screening]\n"
+                        "    budget_cap: {epsilon: 20, delta: 1.0e-5}\n")
+    p = parse_policy(text, base_dir="/")
+    grant = p.roles["analyst"].datasets["oncology"]
+    assert (grant.min_epsilon_per_query, grant.max_epsilon_per_query) == (0.01, 1.0)
+    assert grant.epsilon_bounds == (0.01, 1.0)
+    assert p.datasets["oncology"].budget_cap == Budget(20.0, 1e-5)
+    unbounded = parse_policy(ISSUE_YAML, base_dir="/")
+    assert unbounded.roles["analyst"].datasets["oncology"].epsilon_bounds == (None, None)
+    assert unbounded.datasets["oncology"].budget_cap is None
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            "epsilon_per_query: 0.1, max_epsilon_per_querry: 1",
+            "roles.analyst.datasets.oncology.max_epsilon_per_querry: Unknown key "
+            "'max_epsilon_per_querry'. Did you mean 'max_epsilon_per_query'?",
+        ),
+        (
+            "epsilon_per_query: 0.1, min_epsilon_per_qeury: 0.01",
+            "Did you mean 'min_epsilon_per_query'?",
+        ),
+        (
+            "epsilon_per_query: 2, max_epsilon_per_query: 1",
+            "p.yaml:20: roles.analyst.datasets.oncology.epsilon_per_query: "
+            "epsilon_per_query (2) is above max_epsilon_per_query (1); "
+            "the default ε must be one an analyst may choose",
+        ),
+        (
+            "epsilon_per_query: 0.001, min_epsilon_per_query: 0.01",
+            "epsilon_per_query (0.001) is below min_epsilon_per_query (0.01)",
+        ),
+        (
+            "epsilon_per_query: 0.1, min_epsilon_per_query: 0.5, max_epsilon_per_query: 0.2",
+            "min_epsilon_per_query (0.5) is greater than max_epsilon_per_query (0.2)",
+        ),
+        ("epsilon_per_query: 0.1, max_epsilon_per_query: 0", "Expected a number > 0, got 0"),
+        ("epsilon_per_query: 0.1, min_epsilon_per_query: -1", "Expected a number > 0, got -1"),
+        ("epsilon_per_query: 0.1, max_epsilon_per_query: lots", "Expected a number, got str"),
+        ("epsilon_per_query: 0.1, max_epsilon_per_query: .inf", "Expected a finite number"),
+    ],
+)
+def test_epsilon_bound_messages(extra: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        parse(dp_grant(extra))
+
+
+@pytest.mark.parametrize(
+    "cap,message",
+    [
+        ("{epsilon: 0}", "Expected a number > 0, got 0"),
+        ("{epsilon: 5, delta: 1}", "delta must be below 1"),
+        ("{epsilon: 5, detla: 1.0e-6}", "Unknown key 'detla'. Did you mean 'delta'?"),
+        ("{delta: 1.0e-6}", "Missing required key 'epsilon'"),
+    ],
+)
+def test_budget_cap_messages(cap: str, message: str) -> None:
+    text = replace("    tags: [cancer, screening]\n",
+                   f"    tags: [cancer, screening]\n    budget_cap: {cap}\n")
+    with pytest.raises(PolicyError, match=re.escape(message)) as info:
+        parse(text)
+    assert "datasets.oncology.budget_cap" in str(info.value)
+
+
+def test_budget_cap_typo_is_suggested() -> None:
+    text = replace("    tags: [cancer, screening]\n",
+                   "    tags: [cancer, screening]\n    budget_capp: {epsilon: 5}\n")
+    with pytest.raises(PolicyError, match=re.escape("Did you mean 'budget_cap'?")):
+        parse(text)

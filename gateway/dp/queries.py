@@ -51,7 +51,7 @@ from gateway.dp.translate import UNIT, DpQuery, translate
 from gateway.engine import Engine
 from gateway.errors import InputError, StockadeError
 from gateway.ledger import Balance, Cost, Ledger
-from policy.access import catalog_for
+from policy.access import catalog_for, dataset_grant
 from policy.model import Policy
 from policy.principal import Principal
 from policy.rules.check_functions import check_functions
@@ -62,8 +62,10 @@ from policy.rules.validate_statement import validate_statement
 from policy.schema import Schemas
 
 #: δ per query for grouped queries (censoring rare groups needs δ > 0) when the
-#: caller does not choose one.
+#: caller does not choose one: at most this, and at most 1/DELTA_SHARE of the
+#: grant's δ budget, so that a δ budget pays for many grouped queries, not one.
 DEFAULT_DELTA = 1e-6
+DELTA_SHARE = 100
 
 #: Keys of the Arrow metadata of a dp answer.
 META = "stockade.dp."
@@ -322,7 +324,9 @@ class PrivateQueries:
                 self._plans[key] = (policy, query)
                 while len(self._plans) > 4096:
                     self._plans.popitem(last=False)
-        return _resolve(query, principal.user, epsilon, delta)
+        grant = dataset_grant(policy, principal, query.access.dataset)
+        bounds = grant.epsilon_bounds if grant is not None else (None, None)
+        return _resolve(query, principal.user, epsilon, delta, bounds)
 
     def _query(
         self,
@@ -512,9 +516,13 @@ class PrivateQueries:
         return _with_spend(table, plan, cost, charge.balance, cached=False)
 
 
-def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | None
-             ) -> DpPlan:
-    """The plan of ``query`` for ``user`` at the chosen (or the grant's) ε and δ."""
+def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | None,
+             bounds: tuple[float | None, float | None] = (None, None)) -> DpPlan:
+    """The plan of ``query`` for ``user`` at the chosen (or the grant's) ε and δ.
+
+    A chosen ε must lie within the grant's ``bounds``
+    (``min_epsilon_per_query``, ``max_epsilon_per_query``).
+    """
     access = query.access
     if epsilon is None:
         epsilon = access.epsilon_per_query
@@ -525,8 +533,14 @@ def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | No
             )
     if not (isinstance(epsilon, int | float) and 0 < epsilon < math.inf):
         raise InputError(f"ε must be a positive number, not {epsilon!r}")
+    check_epsilon_bounds(epsilon, bounds)
     if delta is None:
-        delta = DEFAULT_DELTA if query.grouped else 0.0
+        delta = 0.0
+        if query.grouped:
+            delta = DEFAULT_DELTA
+            budget = access.budget
+            if budget is not None and budget.delta > 0:
+                delta = min(delta, budget.delta / DELTA_SHARE)
     if not (isinstance(delta, int | float) and 0 <= delta < 1):
         raise InputError(f"δ must be a number in [0, 1), not {delta!r}")
     if query.grouped and delta == 0:
@@ -535,6 +549,33 @@ def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | No
             "(e.g. 1e-6) within your δ budget, or remove GROUP BY"
         )
     return DpPlan(query, user, float(epsilon), float(delta))
+
+
+def check_epsilon_bounds(epsilon: float, bounds: tuple[float | None, float | None]) -> None:
+    """Refuse a per-query ε outside the grant's ``(minimum, maximum)``.
+
+    >>> check_epsilon_bounds(0.5, (0.01, 1.0))
+    >>> check_epsilon_bounds(5, (None, 1.0))
+    Traceback (most recent call last):
+    ...
+    gateway.errors.InputError: ε 5 is above this dataset's maximum of 1 per query; choose ε ≤ 1
+    >>> try:
+    ...     check_epsilon_bounds(0.001, (0.01, None))
+    ... except InputError as err:
+    ...     print(err)
+    ε 0.001 is below this dataset's minimum of 0.01 per query; choose ε ≥ 0.01
+    """
+    low, high = bounds
+    if high is not None and epsilon > high:
+        raise InputError(f"ε {_fmt(epsilon)} is above this dataset's maximum of {_fmt(high)} "
+                         f"per query; choose ε ≤ {_fmt(high)}")
+    if low is not None and epsilon < low:
+        raise InputError(f"ε {_fmt(epsilon)} is below this dataset's minimum of {_fmt(low)} "
+                         f"per query; choose ε ≥ {_fmt(low)}")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.12g}"
 
 
 def _smartnoise_error(exc: Exception, plan: DpPlan) -> StockadeError:
