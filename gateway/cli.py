@@ -114,11 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
     serve.set_defaults(func=_cmd_serve)
 
+    from gateway.cli_audit import add_audit_parser
     from gateway.cli_budget import add_budget_parser
     from gateway.cli_users import add_users_parser
 
     add_users_parser(sub)
     add_budget_parser(sub)
+    add_audit_parser(sub)
 
     policy = sub.add_parser("policy", help="work with policy files")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)

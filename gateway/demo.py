@@ -127,8 +127,8 @@ def run_demo(directory: Path, *, host: str, port: int, rows: int) -> int:
     print(textwrap.dedent(f"""
         Connect from Python (ADBC):
             import adbc_driver_flightsql.dbapi as flight_sql
-            conn = flight_sql.connect("{url}", db_kwargs={{"username": "{user}", "password": "{password}"}},
-                              autocommit=True)
+            conn = flight_sql.connect("{url}", autocommit=True,
+                                      db_kwargs={{"username": "{user}", "password": "{password}"}})
             cur = conn.cursor()
             cur.execute("SELECT site, count(*) AS n FROM oncology.screenings GROUP BY site")
             print(cur.fetch_arrow_table())
@@ -136,8 +136,9 @@ def run_demo(directory: Path, *, host: str, port: int, rows: int) -> int:
         Connect from a BI tool (Flight SQL JDBC driver):
             jdbc:arrow-flight-sql://{url.split("://", 1)[1]}?useEncryption=false&user={user}&password={password}
 
-        The policy is {policy}; carl (clinician) sees site 'north' only, and the
-        patient_id column is hidden from everyone. Press Ctrl-C to stop.
+        The policy is {policy}; carl (clinician) sees site 'north' only,
+        patient_id is hidden from everyone, and ann (analyst) gets differentially
+        private aggregates, each charged to her ε budget. Press Ctrl-C to stop.
     """), flush=True)
     try:
         while not stop.wait(0.5):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ import pyarrow as pa
 from sqlglot import exp
 
 import connectors
+from gateway.audit import QUERY, AuditLog
 from gateway.dialects import check_epsilon, query_options, resolve_dialect
 from gateway.dp import DpPlan, PrivateQueries
+from gateway.dp.queries import META as DP_META
 from gateway.engine import Engine, EngineLimits
 from gateway.errors import InputError, PermissionDeniedError, StockadeError
 from gateway.ledger import Ledger
@@ -82,6 +85,7 @@ class Domain:
         # dp answers paid for at GetFlightInfo, waiting for the DoGet that fetches them
         # (so that the stream carries the same spend metadata as the FlightInfo).
         self._paid: LruCache[tuple[str, str], pa.Table] = LruCache(1024)
+        self.audit = AuditLog(store)
 
     @classmethod
     def open(
@@ -203,6 +207,27 @@ class Domain:
         return plan
 
     def result_schema(
+        self,
+        principal: Principal,
+        sql: str,
+        parameters: Sequence[Any] | None = None,
+        *,
+        dialect: str | None = None,
+        epsilon: float | None = None,
+    ) -> pa.Schema:
+        """The schema of ``sql``'s answer (a prepared statement, GetSchema).
+
+        Nothing runs; a refusal is audited.
+        """
+        started = time.perf_counter()
+        try:
+            return self._result_schema(principal, sql, parameters, dialect=dialect,
+                                       epsilon=epsilon)
+        except Exception as exc:
+            self._audit(principal, sql, started, error=exc)
+            raise
+
+    def _result_schema(
         self,
         principal: Principal,
         sql: str,
@@ -341,19 +366,74 @@ class Domain:
         its schema carries ε spent and remaining, which clients such as ADBC and
         JDBC read from GetFlightInfo; the DoGet that follows returns that answer.
         """
-        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
-        if dp is None:
-            return self.result_schema(principal, sql, parameters, dialect=dialect)
-        _no_parameters(parameters)
-        answer = self._dp_answer(principal, dp)
+        started = time.perf_counter()
+        try:
+            dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+            if dp is None:
+                return self._result_schema(principal, sql, parameters, dialect=dialect)
+            _no_parameters(parameters)
+        except Exception as exc:  # refused before anything ran: audited here
+            self._audit(principal, sql, started, error=exc)
+            raise
+        answer = self._dp_answer(principal, dp, sql)
         self._paid.put((principal.user, dp.key), answer)
         return answer.schema
 
-    def _dp_answer(self, principal: Principal, dp: DpPlan) -> pa.Table:
+    def _dp_answer(self, principal: Principal, dp: DpPlan, sql: str) -> pa.Table:
+        """Compute (and pay for) a dp answer; audited here, with the ε/δ charged."""
         limits = self.policy.limits_for(principal.role)
         log.info("dp query by %s on %s.%s at ε=%g", principal.user, dp.dataset, dp.table,
                  dp.epsilon)
-        return self.dp.execute(dp, timeout_s=limits.timeout_s)
+        started = time.perf_counter()
+        tables = [{"dataset": dp.dataset, "table": dp.table, "mode": "dp"}]
+        try:
+            answer = self.dp.execute(dp, timeout_s=limits.timeout_s)
+        except Exception as exc:
+            self._audit(principal, sql, started, rewritten=dp.query.smartnoise_sql,
+                        tables=tables, error=exc)
+            raise
+        meta = answer.schema.metadata or {}
+        self._audit(principal, sql, started, rewritten=dp.query.smartnoise_sql, tables=tables,
+                    rows=answer.num_rows,
+                    epsilon=float(meta.get((DP_META + "epsilon_spent").encode(), b"0")),
+                    delta=float(meta.get((DP_META + "delta_spent").encode(), b"0")))
+        return answer
+
+    def _audit(
+        self,
+        principal: Principal,
+        sql: str,
+        started: float,
+        *,
+        plan: QueryPlan | None = None,
+        rewritten: str | None = None,
+        tables: list[dict[str, str]] | None = None,
+        epsilon: float = 0.0,
+        delta: float = 0.0,
+        rows: int | None = None,
+        complete: bool = True,
+        error: BaseException | None = None,
+    ) -> None:
+        """One audit record for one query (see :mod:`gateway.audit`)."""
+        if plan is not None:
+            rewritten = plan.display_sql
+            tables = [{"dataset": t.dataset, "table": t.table, "mode": t.mode}
+                      for t in plan.tables]
+        message = None
+        if error is not None:
+            message = (error.message if isinstance(error, StockadeError)
+                       else f"internal error ({type(error).__name__})")
+            if plan is not None:
+                message = plan.redact(message)
+        details: dict[str, Any] = {
+            "role": principal.role, "sql": sql, "rewritten_sql": rewritten,
+            "tables": tables or [], "epsilon": epsilon, "delta": delta, "rows": rows,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "error": message,
+        }
+        if not complete:
+            details["complete"] = False
+        self.audit.safe_append(QUERY, principal.user, details)
 
     def execute(
         self,
@@ -364,25 +444,49 @@ class Domain:
         dialect: str | None = None,
         epsilon: float | None = None,
     ) -> pa.RecordBatchReader:
+        """Run ``sql`` as ``principal``; audited once, when the stream ends.
+
+        A dp answer is audited where it is computed and paid for (here, or at
+        :meth:`answer_schema`); a refusal is audited at once.
+        """
+        started = time.perf_counter()
         limits = self.policy.limits_for(principal.role)
-        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+        plan: QueryPlan | None = None
+        try:
+            dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+            if dp is None:
+                plan = self.plan(principal, sql, dialect=dialect)
+                log.info("query by %s: %s", principal.user, plan.display_sql)
+                with redacting(plan):
+                    reader = self.engine.execute(plan.sql, parameters or None,
+                                                 timeout_s=limits.timeout_s)
+            else:
+                _no_parameters(parameters)
+        except Exception as exc:
+            self._audit(principal, sql, started, plan=plan, error=exc)
+            raise
         if dp is not None:
-            _no_parameters(parameters)
             answer = self._paid.pop((principal.user, dp.key))
             if answer is None:
-                answer = self._dp_answer(principal, dp)
+                answer = self._dp_answer(principal, dp, sql)
             return pa.RecordBatchReader.from_batches(answer.schema, answer.to_batches())
-        plan = self.plan(principal, sql, dialect=dialect)
-        log.info("query by %s: %s", principal.user, plan.display_sql)
-        with redacting(plan):
-            reader = self.engine.execute(plan.sql, parameters or None,
-                                         timeout_s=limits.timeout_s)
-        if not plan.secret_values:
-            return reader
+        audited_plan = plan
+        assert audited_plan is not None
 
         def batches() -> Iterator[pa.RecordBatch]:
-            with redacting(plan):
-                yield from reader
+            rows, complete, error = 0, False, None
+            try:
+                with redacting(audited_plan):
+                    for batch in reader:
+                        rows += batch.num_rows
+                        yield batch
+                complete = True
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                self._audit(principal, sql, started, plan=audited_plan, rows=rows,
+                            complete=complete or error is not None, error=error)
 
         return pa.RecordBatchReader.from_batches(reader.schema, batches())
 

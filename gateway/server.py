@@ -9,7 +9,8 @@ Actions beyond Flight SQL (JSON bodies and results):
 
 - ``stockade.cost`` ``{"query": SQL}`` → the ε/δ a ``dp`` query would cost, and what is
   left, without charging anything;
-- ``stockade.budget`` ``{}`` → the caller's ε/δ budget per ``dp`` dataset.
+- ``stockade.budget`` ``{}`` → the caller's ε/δ budget per ``dp`` dataset;
+- the analyst and owner actions of :mod:`gateway.admin` (``docs/api.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from gateway import admin
 from gateway.auth import AuthMiddleware, AuthMiddlewareFactory, NoOpHandshake
 from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, check_epsilon
 from gateway.domain import Domain, LruCache, parameter_values
@@ -51,7 +53,8 @@ class DomainServer(FlightSqlServer):
     ) -> None:
         self.domain = domain
         factory = AuthMiddlewareFactory(
-            domain.store, domain.principal_for, token_ttl_s=token_ttl_s
+            domain.store, domain.principal_for, token_ttl_s=token_ttl_s,
+            on_login_failure=domain.audit.login_failure,
         )
         kwargs: dict[str, Any] = {"auth_handler": NoOpHandshake(), "middleware": {AUTH: factory}}
         if tls_certificates:
@@ -137,6 +140,7 @@ class DomainServer(FlightSqlServer):
             ("stockade.cost", "The ε/δ a dp query would cost, without charging: "
                               '{"query": SQL}'),
             ("stockade.budget", "Your ε/δ budget per dp dataset"),
+            *admin.action_list(),
         ]
 
     def custom_action(
@@ -156,6 +160,8 @@ class DomainServer(FlightSqlServer):
             return [json.dumps(result).encode()]
         if action_type == "stockade.budget":
             return [json.dumps(self.domain.budgets(principal)).encode()]
+        if action_type.startswith("stockade."):
+            return [json.dumps(admin.run(self.domain, principal, action_type, body)).encode()]
         return super().custom_action(context, action_type, body)
 
     # -- metadata -------------------------------------------------------------------

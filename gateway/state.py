@@ -160,6 +160,62 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             """,
         ),
     ),
+    (
+        3,
+        "audit log: append-only, hash-chained records of queries and login failures",
+        (
+            # Each record's hash is SHA-256 of the previous record's hash and this
+            # record's canonical content (see gateway.audit).
+            """
+            CREATE TABLE audit_log (
+                id        INTEGER PRIMARY KEY AUTOINCREMENT,
+                at        REAL NOT NULL,
+                kind      TEXT NOT NULL,
+                user_name TEXT NOT NULL COLLATE NOCASE,
+                details   TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                hash      TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX audit_log_by_user ON audit_log(user_name, id)",
+            """
+            CREATE TRIGGER audit_log_append_only_update BEFORE UPDATE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+            """,
+            """
+            CREATE TRIGGER audit_log_append_only_delete BEFORE DELETE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+            """,
+        ),
+    ),
+    (
+        4,
+        "requests for budget and access, and their decisions",
+        (
+            # kind 'budget': epsilon/delta in the units of gateway.ledger;
+            # kind 'access': mode. Decided rows keep who decided, why and when.
+            """
+            CREATE TABLE requests (
+                id              INTEGER PRIMARY KEY AUTOINCREMENT,
+                user_name       TEXT NOT NULL COLLATE NOCASE,
+                kind            TEXT NOT NULL CHECK (kind IN ('budget', 'access')),
+                dataset         TEXT NOT NULL,
+                epsilon         INTEGER,
+                delta           INTEGER,
+                mode            TEXT,
+                reason          TEXT NOT NULL,
+                status          TEXT NOT NULL DEFAULT 'pending'
+                                CHECK (status IN ('pending', 'approved', 'denied')),
+                decided_by      TEXT,
+                decision_reason TEXT,
+                created_at      REAL NOT NULL,
+                decided_at      REAL
+            )
+            """,
+            "CREATE INDEX requests_by_user ON requests(user_name, id)",
+            "CREATE INDEX requests_by_status ON requests(status, id)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
