@@ -34,6 +34,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,11 +117,21 @@ class AuditLog:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
+        # Query records are written by one background thread, several per
+        # transaction, so that a query's answer never waits for the log's fsync.
+        self._pending: deque[tuple[str, str, str, float]] = deque()
+        self._cond = threading.Condition()
+        self._writing = False
+        self._writer: threading.Thread | None = None
 
     def append(self, kind: str, user: str, details: Mapping[str, Any]) -> int:
-        """Append one record; returns its id. One small INSERT in one transaction."""
-        text = _details_json(details)
-        at = self.store._clock()
+        """Append one record now (after any queued ones); returns its id."""
+        self.flush()
+        return self._write([(kind, user, _details_json(details), self.store._clock())])
+
+    def _write(self, batch: list[tuple[str, str, str, float]]) -> int:
+        """Append ``batch`` in one transaction, chained in order; the last id."""
+        record_id = 0
         with self.store._transaction() as con:
             row = con.execute(
                 "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
@@ -126,21 +139,62 @@ class AuditLog:
             last = con.execute(
                 "SELECT hash FROM audit_log WHERE id = ?", (last_id,)).fetchone()
             prev = last[0] if last else GENESIS
-            record_id = last_id + 1
-            digest = record_hash(prev, canonical(record_id, at, kind, user, text))
-            con.execute(
-                "INSERT INTO audit_log (id, at, kind, user_name, details, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record_id, at, kind, user, text, prev, digest),
-            )
+            for kind, user, text, at in batch:
+                record_id = last_id + 1
+                digest = record_hash(prev, canonical(record_id, at, kind, user, text))
+                con.execute(
+                    "INSERT INTO audit_log (id, at, kind, user_name, details, prev_hash, hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (record_id, at, kind, user, text, prev, digest),
+                )
+                last_id, prev = record_id, digest
         return record_id
 
     def safe_append(self, kind: str, user: str, details: Mapping[str, Any]) -> None:
-        """:meth:`append`, logging (not raising) a failure: auditing never breaks a query."""
+        """Queue one record for the background writer; auditing never breaks a query.
+
+        A record queued but not yet written when the process dies is lost (the
+        chain stays intact); the writer commits within milliseconds.
+        """
         try:
-            self.append(kind, user, details)
+            item = (kind, user, _details_json(details), self.store._clock())
         except Exception:
-            log.exception("could not write an audit record (%s by %s)", kind, user)
+            log.exception("could not encode an audit record (%s by %s)", kind, user)
+            return
+        with self._cond:
+            self._pending.append(item)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run, name="stockade-audit",
+                                                daemon=True)
+                self._writer.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                batch = list(self._pending)
+                self._pending.clear()
+                self._writing = True
+            try:
+                self._write(batch)
+            except Exception:
+                log.exception("could not write %d audit record(s)", len(batch))
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every queued record is written."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("audit records are still being written")
+                self._cond.wait(left)
 
     def login_failure(self, user: str, reason: str) -> None:
         """Record a failed login (``reason`` as given by the authenticator)."""
@@ -148,6 +202,7 @@ class AuditLog:
 
     def records(self, *, user: str | None = None, limit: int | None = None) -> list[AuditRecord]:
         """Records in id order; with ``limit``, the most recent ``limit`` of them."""
+        self.flush()
         params: list[str | int] = []
         where = ""
         if user is not None:
@@ -164,6 +219,7 @@ class AuditLog:
 
     def verify(self) -> Verification:
         """Walk the whole chain; report the first record edited or removed."""
+        self.flush()
         expected_prev, expected_id, count = GENESIS, 1, 0
         with self.store._pool.connection() as con:
             rows = con.execute(

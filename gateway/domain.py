@@ -119,6 +119,10 @@ class Domain:
             raise
 
     def close(self) -> None:
+        try:
+            self.audit.flush()
+        except TimeoutError:  # pragma: no cover - a stuck disk
+            log.error("audit records still queued at shutdown were not written")
         self.engine.close()
         self.store.close()
 
