@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.domain import Domain
 from gateway.errors import InputError, NotSupportedError, PermissionDeniedError, did_you_mean
-from gateway.ledger import DELTA_UNIT, EPSILON_UNIT, Balance, Cost, to_units
+from gateway.ledger import DELTA_UNIT, EPSILON_UNIT, Cost, to_units
 from gateway.state import User, validate_attributes
 from policy.access import catalog_for
 from policy.model import MODES, Budget
@@ -222,16 +222,6 @@ def _dp_default(domain: Domain, principal: Principal, dataset: str) -> Budget | 
         if access.dataset == dataset and access.mode == "dp":
             return access.budget
     return None
-
-
-def _balance_json(balance: Balance) -> dict[str, Any]:
-    return {"user": balance.user, "dataset": balance.dataset,
-            "epsilon_allowance": balance.allowance_epsilon,
-            "epsilon_spent": balance.spent_epsilon,
-            "epsilon_remaining": balance.remaining_epsilon,
-            "delta_allowance": balance.allowance_delta,
-            "delta_spent": balance.spent_delta,
-            "delta_remaining": balance.remaining_delta}
 
 
 _REQUEST_COLUMNS = ("id, user_name, kind, dataset, epsilon, delta, mode, reason, status,"
@@ -429,7 +419,7 @@ def _budget_change(domain: Domain, body: dict[str, Any], *, add: bool) -> dict[s
         if delta is None:
             delta = default.delta if default is not None else 0.0
         balance = domain.ledger.set_allowance(user.name, dataset, epsilon, delta)
-    out = _balance_json(balance)
+    out = balance.to_json()
     if default is None:
         out["note"] = (f"'{user.name}' does not read '{dataset}' in dp mode; "
                        "the budget applies once their role does.")
@@ -518,7 +508,7 @@ def requests_approve(domain: Domain, principal: Principal, body: dict[str, Any]
         ).fetchone()
     out = _request_json(decided)
     if kind == "budget":
-        out["budget"] = _balance_json(ledger.balance(user, dataset, default=default))
+        out["budget"] = ledger.balance(user, dataset, default=default).to_json()
     else:
         out["note"] = ("Access follows the policy: grant the mode to the user's role "
                        "in the policy for it to take effect.")

@@ -130,17 +130,7 @@ def _open(args: argparse.Namespace) -> tuple[StateStore, _Context]:
 
 
 def _balance_json(balance: Balance, source: str) -> dict[str, Any]:
-    return {
-        "user": balance.user,
-        "dataset": balance.dataset,
-        "epsilon_allowance": balance.allowance_epsilon,
-        "epsilon_spent": balance.spent_epsilon,
-        "epsilon_remaining": balance.remaining_epsilon,
-        "delta_allowance": balance.allowance_delta,
-        "delta_spent": balance.spent_delta,
-        "delta_remaining": balance.remaining_delta,
-        "source": source,
-    }
+    return {**balance.to_json(), "source": source}
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

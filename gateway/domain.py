@@ -72,12 +72,16 @@ class Domain:
             key: engine.columns(*key) for key in engine.tables()
         }
         check_against_schemas(policy, self.schemas)
-        self._schema_cache: dict[tuple[str, str, str], pa.Schema] = {}
-        self._cache_lock = threading.Lock()
+        self._schema_cache: LruCache[tuple[str, str, str], pa.Schema] = LruCache(4096)
         # Plans depend only on (policy, principal, dialect, SQL): an analyst's
         # GetFlightInfo and DoGet of the same query, and any repeat of it, are planned once.
         self._plans: LruCache[tuple[Any, ...], QueryPlan] = LruCache(4096)
         self._result_schemas: LruCache[tuple[Any, ...], pa.Schema] = LruCache(4096)
+        # ADBC and JDBC prepare every query: its parameter types are inferred once.
+        self._parameter_schemas: LruCache[str, pa.Schema] = LruCache(4096)
+        self._nested_schemas: dict[str, dict[str, dict[str, str]]] = {}
+        for (ds, table), columns in self.schemas.items():
+            self._nested_schemas.setdefault(ds, {})[table] = dict(columns)
         # dp mode: SmartNoise over this engine, charging the state store's ledger.
         self.ledger = Ledger(store)
         self.dp = PrivateQueries(engine, self.ledger)
@@ -160,8 +164,7 @@ class Domain:
 
     def _visible_schema(self, principal: Principal, ds: str, name: str) -> pa.Schema:
         key = (principal.role, ds, name)
-        with self._cache_lock:
-            cached = self._schema_cache.get(key)
+        cached = self._schema_cache.get(key)
         if cached is not None:
             return cached
         # The table as the policy exposes it (masks applied, hidden columns gone),
@@ -174,8 +177,7 @@ class Domain:
         runnable, _ = bind_secrets(select, self.policy.secrets)
         schema = self.engine.result_schema(
             f"{runnable.sql(dialect='duckdb', identify=True)} LIMIT 0")
-        with self._cache_lock:
-            self._schema_cache[key] = schema
+        self._schema_cache.put(key, schema)
         return schema
 
     # -- what they run --------------------------------------------------------------
@@ -324,13 +326,7 @@ class Domain:
                     if a.mode == "dp"}
         for dataset, budget in sorted(datasets, key=lambda d: d[0]):
             balance = self.ledger.balance(principal.user, dataset, default=budget)
-            out.append({"dataset": dataset,
-                        "epsilon_allowance": balance.allowance_epsilon,
-                        "epsilon_spent": balance.spent_epsilon,
-                        "epsilon_remaining": balance.remaining_epsilon,
-                        "delta_allowance": balance.allowance_delta,
-                        "delta_spent": balance.spent_delta,
-                        "delta_remaining": balance.remaining_delta})
+            out.append({"dataset": dataset, **balance.to_json(who=False)})
         return out
 
     def parameter_schema(
@@ -340,11 +336,11 @@ class Domain:
         if self.reads_dp(principal, sql, dialect=dialect):
             return pa.schema([])
         plan = self.plan(principal, sql, dialect=dialect)
-        schema: dict[str, dict[str, dict[str, str]]] = {}
-        for (ds, table), columns in self.schemas.items():
-            schema.setdefault(ds, {})[table] = dict(columns)
+        cached = self._parameter_schemas.get(plan.sql)
+        if cached is not None:
+            return cached
         fields = []
-        for i, duck_type in enumerate(placeholder_types(plan.expression, schema)):
+        for i, duck_type in enumerate(placeholder_types(plan.expression, self._nested_schemas)):
             arrow_type = pa.null()
             if duck_type is not None:
                 try:
@@ -353,7 +349,9 @@ class Domain:
                 except StockadeError:
                     arrow_type = pa.null()
             fields.append(pa.field(f"${i + 1}", arrow_type))
-        return pa.schema(fields)
+        schema = pa.schema(fields)
+        self._parameter_schemas.put(plan.sql, schema)
+        return schema
 
     def answer_schema(
         self,

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 from gateway.errors import BudgetExhaustedError, InputError
 from gateway.state import StateStore
@@ -97,6 +98,19 @@ class Balance:
     cap_delta: float | None = None
     dataset_spent_epsilon: float = 0.0
     dataset_spent_delta: float = 0.0
+
+    def to_json(self, *, who: bool = True) -> dict[str, Any]:
+        """The balance as JSON; ``who=False`` leaves out the user and dataset."""
+        out: dict[str, Any] = {"user": self.user, "dataset": self.dataset} if who else {}
+        out.update({
+            "epsilon_allowance": self.allowance_epsilon,
+            "epsilon_spent": self.spent_epsilon,
+            "epsilon_remaining": self.remaining_epsilon,
+            "delta_allowance": self.allowance_delta,
+            "delta_spent": self.spent_delta,
+            "delta_remaining": self.remaining_delta,
+        })
+        return out
 
     @property
     def remaining_epsilon(self) -> float:

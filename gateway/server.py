@@ -166,10 +166,6 @@ class DomainServer(FlightSqlServer):
 
     # -- metadata -------------------------------------------------------------------
 
-    def sql_info(self) -> dict[int, object]:
-        info = dict(super().sql_info())
-        return info
-
     def list_catalogs(self, context: flight.ServerCallContext) -> Sequence[str]:
         self.principal(context)
         return [self.domain.name]
