@@ -164,6 +164,12 @@ class ConnectorError(StockadeError):
     status = "unavailable"
 
 
+class UnavailableError(StockadeError):
+    """A service Stockade needs (a gateway, a domain) cannot be reached."""
+
+    status = "unavailable"
+
+
 class AuthenticationError(StockadeError):
     """Wrong or missing credentials, an expired or unknown token."""
 
