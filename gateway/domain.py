@@ -2,94 +2,71 @@
 
 :class:`Domain` answers "what may this principal see" and "run this SQL as this
 principal" for the Flight SQL server in :mod:`gateway.server`, and is usable on
-its own (tests, the embedding API, the CLI).
+its own (tests, the embedding API, the CLI). The owner may replace its policy
+while it runs (:meth:`Domain.replace_policy`): the new policy is checked first,
+then swapped in at once, and queries already streaming finish under the old one.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+import shutil
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import pyarrow as pa
-from sqlglot import exp
 
 import connectors
+from gateway import policy_versions
 from gateway.audit import QUERY, AuditLog
-from gateway.dialects import check_epsilon, query_options, resolve_dialect
 from gateway.dp import DpPlan, PrivateQueries
 from gateway.dp.queries import META as DP_META
 from gateway.engine import Engine, EngineLimits
-from gateway.errors import InputError, PermissionDeniedError, StockadeError
+from gateway.errors import InputError, NotSupportedError, PermissionDeniedError, StockadeError
 from gateway.ledger import Ledger
-from gateway.parameters import placeholder_types
+from gateway.policy_state import LruCache as LruCache  # re-exported for gateway.server
+from gateway.policy_state import PolicyState, VisibleTable, no_parameters, redacting
+from gateway.policy_state import plan_key as plan_key  # re-exported
 from gateway.state import StateStore, User
-from policy.access import TableAccess, catalog_for, visible_columns
-from policy.expressions import bind_secrets
-from policy.loader import check_against_schemas, load_policy
+from policy.access import catalog_for
+from policy.loader import read_policy_file
 from policy.model import Policy
-from policy.pipeline import QueryPlan, plan_query
+from policy.pipeline import QueryPlan
 from policy.principal import Principal
-from policy.rules.apply_table_policy import policy_subquery
-from policy.rules.parse import parse
-from policy.rules.resolve_tables import resolve_tables
-from policy.rules.validate_statement import validate_statement
-from policy.schema import access_for
 
 log = logging.getLogger("stockade.domain")
 
-K = TypeVar("K")
-V = TypeVar("V")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-
-
-@dataclass(frozen=True)
-class VisibleTable:
-    """A table as one principal sees it."""
-
-    dataset: str
-    name: str
-    access: TableAccess
-    schema: pa.Schema  # exactly the columns and types a SELECT * returns to them
-    description: str
+#: Where the engines of replacement policies are built, under the data directory.
+ENGINES_DIR = "engines"
 
 
 class Domain:
-    """One domain gateway's data plane."""
+    """One domain gateway's data plane.
 
-    def __init__(self, policy: Policy, engine: Engine, store: StateStore) -> None:
-        self.policy = policy
-        self.engine = engine
+    The policy and everything derived from it live in one :class:`PolicyState`
+    (``state``); each query takes the state once, when it starts, and uses it to
+    the end, so it sees one version of the policy even while the owner replaces
+    it (:meth:`replace_policy`).
+    """
+
+    def __init__(self, policy: Policy, engine: Engine, store: StateStore, *,
+                 text: str | None = None) -> None:
+        self.started_at = time.time()  # for stockade.status
         self.store = store
-        self.schemas: dict[tuple[str, str], dict[str, str]] = {
-            key: engine.columns(*key) for key in engine.tables()
-        }
-        check_against_schemas(policy, self.schemas)
-        self._schema_cache: LruCache[tuple[str, str, str], pa.Schema] = LruCache(4096)
-        # Plans depend only on (policy, principal, dialect, SQL): an analyst's
-        # GetFlightInfo and DoGet of the same query, and any repeat of it, are planned once.
-        self._plans: LruCache[tuple[Any, ...], QueryPlan] = LruCache(4096)
-        self._result_schemas: LruCache[tuple[Any, ...], pa.Schema] = LruCache(4096)
-        # ADBC and JDBC prepare every query: its parameter types are inferred once.
-        self._parameter_schemas: LruCache[str, pa.Schema] = LruCache(4096)
-        self._nested_schemas: dict[str, dict[str, dict[str, str]]] = {}
-        for (ds, table), columns in self.schemas.items():
-            self._nested_schemas.setdefault(ds, {})[table] = dict(columns)
-        # dp mode: SmartNoise over this engine, charging the state store's ledger.
         self.ledger = Ledger(store)
-        self.dp = PrivateQueries(engine, self.ledger)
-        self._routes: LruCache[tuple[Any, ...], bool] = LruCache(4096)
-        # dp answers paid for at GetFlightInfo, waiting for the DoGet that fetches them
-        # (so that the stream carries the same spend metadata as the FlightInfo).
-        self._paid: LruCache[tuple[str, str], pa.Table] = LruCache(1024)
         self.audit = AuditLog(store)
+        self._state = PolicyState(policy, engine, self.ledger, text=text)
+        self._swap = threading.Lock()  # held for an instant: to take or to swap the state
+        self._replacing = threading.Lock()  # one replacement at a time
+        self._owns_store = True
 
     @classmethod
     def open(
@@ -103,10 +80,14 @@ class Domain:
 
         The policy's dataset caps (``budget_cap``) are applied to the ledger here,
         when a gateway starts (not in :meth:`__init__`, which the read-only policy
-        tools also use on a live state store).
+        tools also use on a live state store), and the policy file's text is
+        recorded as a new version when it differs from the newest one
+        (see :mod:`gateway.policy_versions`).
         """
-        policy = load_policy(policy_path)
+        text, policy = read_policy_file(policy_path)
         data_dir = Path(data_dir)
+        # Engines of replaced policies left by a gateway that did not stop cleanly.
+        shutil.rmtree(data_dir / ENGINES_DIR, ignore_errors=True)
         engine = build_engine(policy, data_dir / "engine", limits=limits)
         try:
             store = StateStore(data_dir)
@@ -114,8 +95,9 @@ class Domain:
             engine.close()
             raise
         try:
-            domain = cls(policy, engine, store)
+            domain = cls(policy, engine, store, text=text)
             domain.ledger.apply_policy_caps(policy)
+            domain._state.version = policy_versions.record_if_new(store, text, by="file")
             return domain
         except BaseException:
             engine.close()
@@ -123,16 +105,140 @@ class Domain:
             raise
 
     def close(self) -> None:
+        if not self._owns_store:  # a view (see :meth:`view`) closes nothing
+            return
         try:
             self.audit.flush()
         except TimeoutError:  # pragma: no cover - a stuck disk
             log.error("audit records still queued at shutdown were not written")
-        self.engine.close()
+        engine = self._state.engine
+        engine.close()
+        if engine.work_dir.parent.name == ENGINES_DIR:
+            shutil.rmtree(engine.work_dir, ignore_errors=True)
         self.store.close()
+
+    # -- the live policy --------------------------------------------------------------
+
+    @property
+    def state(self) -> PolicyState:
+        """The live policy and what is derived from it (see :mod:`gateway.policy_state`)."""
+        return self._state
+
+    @property
+    def policy(self) -> Policy:
+        return self._state.policy
+
+    @property
+    def engine(self) -> Engine:
+        return self._state.engine
+
+    @property
+    def schemas(self) -> dict[tuple[str, str], dict[str, str]]:
+        return self._state.schemas
+
+    @property
+    def dp(self) -> PrivateQueries:
+        return self._state.dp
+
+    @property
+    def policy_version(self) -> int | None:
+        """The live policy's version in the state store (``None`` if never recorded)."""
+        return self._state.version
 
     @property
     def name(self) -> str:
         return self.policy.domain.name
+
+    @contextmanager
+    def pinned(self) -> Iterator[PolicyState]:
+        """The live state, whose engine stays open for the ``with`` block."""
+        with self._swap:
+            state = self._state
+            state.engine.acquire()
+        try:
+            yield state
+        finally:
+            state.engine.release()
+
+    def view(self, state: PolicyState | None = None) -> Domain:
+        """This domain answering under ``state`` (default: the live one, as it is now).
+
+        The view shares the store, the ledger and the audit log; closing it closes
+        nothing. The policy tools use it to explain a query under a candidate policy.
+        """
+        view = copy.copy(self)
+        view._state = state if state is not None else self._state
+        view._swap = threading.Lock()
+        view._replacing = threading.Lock()
+        view._owns_store = False
+        return view
+
+    def replace_policy(
+        self,
+        yaml_text: str,
+        *,
+        by: str,
+        comment: str | None = None,
+        expected_version: int | None = None,
+        principal: Principal | None = None,
+    ) -> Replacement:
+        """Make ``yaml_text`` the live policy, atomically and without a restart.
+
+        The text is checked as ``stockade policy check --data-dir`` would (and
+        ``principal``, when given, must keep an admin role); its engine is built
+        in a directory of its own. Then the policy file is rewritten atomically,
+        the version recorded, the dataset caps applied, and the new state swapped
+        in: queries that started before finish on the old engine, which is closed
+        and deleted when the last of them ends; every query after sees the new
+        policy. A refused replacement changes nothing.
+        """
+        from gateway.policy_candidate import prepare
+
+        if self.policy.file is None:
+            raise NotSupportedError("This domain was not started from a policy file, "
+                                    "so its policy cannot be replaced.")
+        with self._replacing:
+            old = self._state
+            if expected_version is not None and expected_version != old.version:
+                raise InputError(
+                    f"Field 'expected_version': the live policy is version {old.version}, "
+                    f"not {expected_version}; reload and retry.")
+            if old.text is not None and old.text == yaml_text:
+                return Replacement(old, old, changed=False)
+            candidate = prepare(self, yaml_text, principal=principal)
+            if candidate.state is None or candidate.errors:
+                candidate.discard()
+                raise candidate.failure()
+            new = candidate.state
+            try:
+                self._persist(old, new, by=by, comment=comment)
+            except BaseException:
+                candidate.discard()
+                raise
+            with self._swap:
+                self._state = new
+        old.engine.retire()
+        log.info("policy version %s by %s is live (was version %s)", new.version, by,
+                 old.version)
+        return Replacement(new, old, changed=True)
+
+    def _persist(self, old: PolicyState, new: PolicyState, *, by: str,
+                 comment: str | None) -> None:
+        """Write the file, record the version, apply the caps; undone if any step fails."""
+        assert new.policy.file is not None and new.text is not None
+        path = Path(new.policy.file)
+        old_text = old.text if old.text is not None else path.read_text(encoding="utf-8")
+        policy_versions.write_policy_file(path, new.text)
+        try:
+            new.version = policy_versions.record(self.store, new.text, by=by, comment=comment)
+            try:
+                self.ledger.apply_policy_caps(new.policy)
+            except BaseException:
+                policy_versions.forget(self.store, new.version)
+                raise
+        except BaseException:
+            policy_versions.write_policy_file(path, old_text)
+            raise
 
     # -- who ------------------------------------------------------------------------
 
@@ -149,36 +255,8 @@ class Domain:
 
     def catalog(self, principal: Principal) -> list[VisibleTable]:
         """The tables ``principal`` may see, with the schema they would get."""
-        tables = []
-        for (ds, name), access in sorted(catalog_for(self.policy, principal).items()):
-            if (ds, name) not in self.schemas:
-                continue
-            tables.append(VisibleTable(
-                dataset=ds,
-                name=name,
-                access=access,
-                schema=self._visible_schema(principal, ds, name),
-                description=self.policy.datasets[ds].tables[name].description or "",
-            ))
-        return tables
-
-    def _visible_schema(self, principal: Principal, ds: str, name: str) -> pa.Schema:
-        key = (principal.role, ds, name)
-        cached = self._schema_cache.get(key)
-        if cached is not None:
-            return cached
-        # The table as the policy exposes it (masks applied, hidden columns gone),
-        # whatever the mode: aggregate and dp users may not SELECT * but still see
-        # the columns they can aggregate. Row filters do not change the schema.
-        access = replace(catalog_for(self.policy, principal)[(ds, name)], row_filters=())
-        source = self.schemas[(ds, name)]
-        select = policy_subquery(access, list(source), list(visible_columns(access, source)),
-                                 principal)
-        runnable, _ = bind_secrets(select, self.policy.secrets)
-        schema = self.engine.result_schema(
-            f"{runnable.sql(dialect='duckdb', identify=True)} LIMIT 0")
-        self._schema_cache.put(key, schema)
-        return schema
+        with self.pinned() as state:
+            return state.catalog(principal)
 
     # -- what they run --------------------------------------------------------------
 
@@ -196,21 +274,8 @@ class Domain:
         ``/* dialect: … */`` comment in ``sql`` overrides it (see
         :mod:`gateway.dialects`).
         """
-        resolved, text = resolve_dialect(sql, session=dialect)
-        key = plan_key(principal, text, dialect=resolved, for_schema=for_schema)
-        cached = self._plans.get(key)
-        if cached is not None:
-            return cached
-        plan = plan_query(
-            text,
-            policy=self.policy,
-            principal=principal,
-            schemas=self.schemas,
-            dialect=resolved,
-            max_rows=None if for_schema else self.policy.limits_for(principal.role).max_rows,
-        )
-        self._plans.put(key, plan)
-        return plan
+        with self.pinned() as state:
+            return state.plan(principal, sql, dialect=dialect, for_schema=for_schema)
 
     def result_schema(
         self,
@@ -227,55 +292,19 @@ class Domain:
         """
         started = time.perf_counter()
         try:
-            return self._result_schema(principal, sql, parameters, dialect=dialect,
-                                       epsilon=epsilon)
+            with self.pinned() as state:
+                return state.result_schema(principal, sql, parameters, dialect=dialect,
+                                           epsilon=epsilon)
         except Exception as exc:
             self._audit(principal, sql, started, error=exc)
             raise
-
-    def _result_schema(
-        self,
-        principal: Principal,
-        sql: str,
-        parameters: Sequence[Any] | None = None,
-        *,
-        dialect: str | None = None,
-        epsilon: float | None = None,
-    ) -> pa.Schema:
-        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
-        if dp is not None:
-            _no_parameters(parameters)
-            return self.dp.result_schema(dp)
-        plan = self.plan(principal, sql, dialect=dialect)
-        params = list(parameters) if parameters is not None else [None] * plan.parameter_count
-        key = (plan.sql, tuple(type(p).__name__ for p in params))
-        cached = self._result_schemas.get(key)
-        if cached is not None:
-            return cached
-        with redacting(plan):
-            schema = self.engine.result_schema(plan.sql, params or None)
-        self._result_schemas.put(key, schema)
-        return schema
 
     # -- dp mode --------------------------------------------------------------------
 
     def reads_dp(self, principal: Principal, sql: str, *, dialect: str | None = None) -> bool:
         """Whether ``sql`` reads a table that is in ``dp`` mode for ``principal``."""
-        resolved, text = resolve_dialect(sql, session=dialect)
-        key = (principal.role, text, resolved)
-        cached = self._routes.get(key)
-        if cached is not None:
-            return cached
-        expression = parse(text, dialect=resolved)
-        catalog = catalog_for(self.policy, principal)
-        context: dict[str, Any] = {"policy": self.policy, "principal": principal,
-                                   "schemas": self.schemas, "catalog": catalog}
-        expression = validate_statement(expression, **context)
-        expression = resolve_tables(expression, **context)
-        found = any(access_for(catalog, t).mode == "dp"
-                    for t in expression.find_all(exp.Table) if t.db)
-        self._routes.put(key, found)
-        return found
+        with self.pinned() as state:
+            return state.reads_dp(principal, sql, dialect=dialect)
 
     def dp_plan(
         self,
@@ -291,26 +320,19 @@ class Domain:
         ``epsilon`` (the session's or connection's), which wins over the grant's
         ``epsilon_per_query``.
         """
-        if not self.reads_dp(principal, sql, dialect=dialect):
-            return None
-        options, _ = query_options(sql)
-        resolved, text = resolve_dialect(sql, session=dialect)
-        if "epsilon" in options:
-            epsilon = check_epsilon(options["epsilon"])
-        delta = check_epsilon(options["delta"], what="δ") if "delta" in options else None
-        return self.dp.plan(text, policy=self.policy, principal=principal,
-                            schemas=self.schemas, epsilon=epsilon, delta=delta,
-                            dialect=resolved)
+        with self.pinned() as state:
+            return state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
 
     def dp_cost(
         self, principal: Principal, sql: str, *, dialect: str | None = None,
         epsilon: float | None = None,
     ) -> dict[str, Any]:
         """What ``sql`` would cost ``principal`` in ``dp`` mode, charging nothing."""
-        plan = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
-        if plan is None:
-            raise InputError("This query reads no table in dp mode: it costs no budget.")
-        cost = self.dp.cost(plan)
+        with self.pinned() as state:
+            plan = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+            if plan is None:
+                raise InputError("This query reads no table in dp mode: it costs no budget.")
+            cost = state.dp.cost(plan)
         balance = self.ledger.balance(principal.user, plan.dataset,
                                       default=plan.query.access.budget)
         return {"dataset": plan.dataset, "table": plan.table,
@@ -333,25 +355,8 @@ class Domain:
         self, principal: Principal, sql: str, *, dialect: str | None = None
     ) -> pa.Schema:
         """The schema of ``sql``'s parameters, typed where the query tells."""
-        if self.reads_dp(principal, sql, dialect=dialect):
-            return pa.schema([])
-        plan = self.plan(principal, sql, dialect=dialect)
-        cached = self._parameter_schemas.get(plan.sql)
-        if cached is not None:
-            return cached
-        fields = []
-        for i, duck_type in enumerate(placeholder_types(plan.expression, self._nested_schemas)):
-            arrow_type = pa.null()
-            if duck_type is not None:
-                try:
-                    arrow_type = self.engine.result_schema(
-                        f"SELECT CAST(NULL AS {duck_type}) AS p").field(0).type
-                except StockadeError:
-                    arrow_type = pa.null()
-            fields.append(pa.field(f"${i + 1}", arrow_type))
-        schema = pa.schema(fields)
-        self._parameter_schemas.put(plan.sql, schema)
-        return schema
+        with self.pinned() as state:
+            return state.parameter_schema(principal, sql, dialect=dialect)
 
     def answer_schema(
         self,
@@ -369,27 +374,29 @@ class Domain:
         JDBC read from GetFlightInfo; the DoGet that follows returns that answer.
         """
         started = time.perf_counter()
-        try:
-            dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
-            if dp is None:
-                return self._result_schema(principal, sql, parameters, dialect=dialect)
-            _no_parameters(parameters)
-        except Exception as exc:  # refused before anything ran: audited here
-            self._audit(principal, sql, started, error=exc)
-            raise
-        answer = self._dp_answer(principal, dp, sql)
-        self._paid.put((principal.user, dp.key), answer)
+        with self.pinned() as state:
+            try:
+                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+                if dp is None:
+                    return state.result_schema(principal, sql, parameters, dialect=dialect)
+                no_parameters(parameters)
+            except Exception as exc:  # refused before anything ran: audited here
+                self._audit(principal, sql, started, error=exc)
+                raise
+            answer = self._dp_answer(state, principal, dp, sql)
+            state.paid.put((principal.user, dp.key), answer)
         return answer.schema
 
-    def _dp_answer(self, principal: Principal, dp: DpPlan, sql: str) -> pa.Table:
+    def _dp_answer(self, state: PolicyState, principal: Principal, dp: DpPlan,
+                   sql: str) -> pa.Table:
         """Compute (and pay for) a dp answer; audited here, with the ε/δ charged."""
-        limits = self.policy.limits_for(principal.role)
+        limits = state.policy.limits_for(principal.role)
         log.info("dp query by %s on %s.%s at ε=%g", principal.user, dp.dataset, dp.table,
                  dp.epsilon)
         started = time.perf_counter()
         tables = [{"dataset": dp.dataset, "table": dp.table, "mode": "dp"}]
         try:
-            answer = self.dp.execute(dp, timeout_s=limits.timeout_s)
+            answer = state.dp.execute(dp, timeout_s=limits.timeout_s)
         except Exception as exc:
             self._audit(principal, sql, started, rewritten=dp.query.smartnoise_sql,
                         tables=tables, error=exc)
@@ -449,29 +456,31 @@ class Domain:
         """Run ``sql`` as ``principal``; audited once, when the stream ends.
 
         A dp answer is audited where it is computed and paid for (here, or at
-        :meth:`answer_schema`); a refusal is audited at once.
+        :meth:`answer_schema`); a refusal is audited at once. The stream reads
+        the engine of the policy that was live when the query started, to its end.
         """
         started = time.perf_counter()
-        limits = self.policy.limits_for(principal.role)
         plan: QueryPlan | None = None
-        try:
-            dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
-            if dp is None:
-                plan = self.plan(principal, sql, dialect=dialect)
-                log.info("query by %s: %s", principal.user, plan.display_sql)
-                with redacting(plan):
-                    reader = self.engine.execute(plan.sql, parameters or None,
-                                                 timeout_s=limits.timeout_s)
-            else:
-                _no_parameters(parameters)
-        except Exception as exc:
-            self._audit(principal, sql, started, plan=plan, error=exc)
-            raise
-        if dp is not None:
-            answer = self._paid.pop((principal.user, dp.key))
-            if answer is None:
-                answer = self._dp_answer(principal, dp, sql)
-            return pa.RecordBatchReader.from_batches(answer.schema, answer.to_batches())
+        with self.pinned() as state:
+            limits = state.policy.limits_for(principal.role)
+            try:
+                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+                if dp is None:
+                    plan = state.plan(principal, sql, dialect=dialect)
+                    log.info("query by %s: %s", principal.user, plan.display_sql)
+                    with redacting(plan):
+                        reader = state.engine.execute(plan.sql, parameters or None,
+                                                      timeout_s=limits.timeout_s)
+                else:
+                    no_parameters(parameters)
+            except Exception as exc:
+                self._audit(principal, sql, started, plan=plan, error=exc)
+                raise
+            if dp is not None:
+                answer = state.paid.pop((principal.user, dp.key))
+                if answer is None:
+                    answer = self._dp_answer(state, principal, dp, sql)
+                return pa.RecordBatchReader.from_batches(answer.schema, answer.to_batches())
         audited_plan = plan
         assert audited_plan is not None
 
@@ -493,42 +502,17 @@ class Domain:
         return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
-def _no_parameters(parameters: Sequence[Any] | None) -> None:
-    if parameters:
-        raise InputError("Queries on dp tables take no parameters; write the values "
-                         "into the query.")
+@dataclass(frozen=True)
+class Replacement:
+    """What :meth:`Domain.replace_policy` did: the state now live and the one before.
 
-
-@contextmanager
-def redacting(plan: QueryPlan) -> Iterator[None]:
-    """Replace the policy's secret values in any error raised inside by their names."""
-    try:
-        yield
-    except StockadeError as exc:
-        if plan.secret_values:
-            exc.message = plan.redact(exc.message)
-            exc.args = (exc.message,)
-        raise
-
-
-def plan_key(
-    principal: Principal, sql: str, *, dialect: str, for_schema: bool = False
-) -> tuple[Any, ...]:
-    """The plan cache key: everything a plan depends on besides the policy.
-
-    The whole principal is in it (its attributes bind the row filters), and so is
-    the dialect (the same text may mean different things in two dialects).
-
-    >>> a = plan_key(Principal("c", "clinician", {"site": "north"}), "SELECT 1", dialect="duckdb")
-    >>> b = plan_key(Principal("c", "clinician", {"site": "south"}), "SELECT 1", dialect="duckdb")
-    >>> c = plan_key(Principal("c", "clinician", {"site": "north"}), "SELECT 1", dialect="tsql")
-    >>> len({a, b, c})
-    3
+    ``changed`` is false when the text was the live policy's already (nothing
+    was recorded or swapped).
     """
-    attributes = tuple(sorted(
-        (name, type(value).__name__, value) for name, value in principal.attributes.items()
-    ))
-    return (principal.user, principal.role, attributes, dialect, sql, for_schema)
+
+    state: PolicyState
+    previous: PolicyState
+    changed: bool
 
 
 def build_engine(
@@ -550,39 +534,6 @@ def build_engine(
             engine.add_table(ds_name, t_name, plan)
     engine.start()
     return engine
-
-
-class LruCache(Generic[K, V]):
-    """A small thread-safe least-recently-used map.
-
-    >>> c = LruCache(2); c.put("a", 1); c.put("b", 2); c.get("a"); c.put("c", 3)
-    1
-    >>> c.get("b") is None, c.get("a"), c.get("c")
-    (True, 1, 3)
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def pop(self, key: K) -> V | None:
-        with self._lock:
-            return self._items.pop(key, None)
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
 
 def parameter_values(batch: pa.RecordBatch | None) -> list[Any] | None:

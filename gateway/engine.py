@@ -12,7 +12,10 @@ the tables it had to copy (Arrow IPC files, in-process frames), then reopens it
 - configuration locked, so analyst SQL cannot undo any of it.
 
 Queries run on a ``cursor()`` of the one warm database; each has a timeout
-enforced by interrupting its cursor. Engine errors are turned into
+enforced by interrupting its cursor. When the policy is replaced, the gateway
+builds a new engine and :meth:`Engine.retire` s the old one: streams still
+reading from it finish, and it closes (and deletes its directory) when the last
+one ends. Engine errors are turned into
 :class:`gateway.errors.QueryFailedError` with quoted values scrubbed
 (invariant 5: errors never carry values of protected data).
 """
@@ -24,7 +27,9 @@ import re
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Full, Queue
@@ -112,6 +117,7 @@ class Watchdog:
         self._next = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     def arm(self, timeout_s: float, cursor: duckdb.DuckDBPyConnection) -> int:
         with self._cond:
@@ -128,9 +134,16 @@ class Watchdog:
         with self._cond:
             self._deadlines.pop(handle, None)
 
+    def stop(self) -> None:
+        """End the thread (the engine is closed: nothing is left to interrupt)."""
+        with self._cond:
+            self._stopped = True
+            self._deadlines.clear()
+            self._cond.notify()
+
     def _run(self) -> None:
         with self._cond:
-            while True:
+            while not self._stopped:
                 now = time.monotonic()
                 for handle, (deadline, cursor) in list(self._deadlines.items()):
                     if deadline <= now:
@@ -162,6 +175,8 @@ class Engine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
         self._watchdog = Watchdog()
+        self._users = 0  # queries planning on or streaming from the engine (see retire)
+        self._retired = False
 
     # -- building -------------------------------------------------------------------
 
@@ -246,16 +261,71 @@ class Engine:
                     ) from None
 
     def close(self) -> None:
-        if self._con is not None:
-            self._con.close()
-            self._con = None
+        with self._lock:
+            con, self._con = self._con, None
+        if con is not None:
+            con.close()
+        self._watchdog.stop()
+
+    # -- retiring -------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Count one more user (a query planning on the engine or a stream reading it).
+
+        Every :meth:`acquire` is matched by one :meth:`release`.
+        """
+        with self._lock:
+            if self._con is None:
+                raise RuntimeError("engine not started or already closed")
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            done = self._retired and self._users == 0
+        if done:
+            self._close_retired()
+
+    @contextmanager
+    def in_use(self) -> Iterator[Engine]:
+        """The engine, counted as in use for the ``with`` block."""
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def retire(self) -> None:
+        """Close the engine and delete its directory once its last user is done.
+
+        The caller makes sure no new query starts on it (the domain swaps in
+        the new engine first); queries already streaming finish normally.
+        """
+        with self._lock:
+            self._retired = True
+            done = self._users == 0
+        if done:
+            self._close_retired()
+
+    @property
+    def retired(self) -> bool:
+        return self._retired
+
+    @property
+    def closed(self) -> bool:
+        return self._con is None
+
+    def _close_retired(self) -> None:
+        self.close()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        log.info("retired engine in %s closed", self.work_dir)
 
     # -- reading --------------------------------------------------------------------
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            raise RuntimeError("engine not started")
         with self._lock:
+            if self._con is None:
+                raise RuntimeError("engine not started or already closed")
             return self._con.cursor()
 
     def tables(self) -> Sequence[tuple[str, str]]:
@@ -263,9 +333,14 @@ class Engine:
 
     def columns(self, dataset: str, table: str) -> dict[str, str]:
         """Column name → DuckDB type name of a source table, in order."""
-        rows = self.cursor().execute(
-            f"DESCRIBE SELECT * FROM {identifier(dataset)}.{identifier(table)}"
-        ).fetchall()
+        with self.in_use():
+            cur = self.cursor()
+            try:
+                rows = cur.execute(
+                    f"DESCRIBE SELECT * FROM {identifier(dataset)}.{identifier(table)}"
+                ).fetchall()
+            finally:
+                cur.close()
         return {row[0]: row[1] for row in rows}
 
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
@@ -273,14 +348,15 @@ class Engine:
 
     def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
         """The Arrow schema of ``sql``'s result, without running it."""
-        cur = self.cursor()
-        try:
-            rel = cur.sql(sql, params=list(parameters) if parameters else None)
-            return rel.limit(0).to_arrow_table().schema
-        except duckdb.Error as exc:
-            raise engine_error(exc) from None
-        finally:
-            cur.close()
+        with self.in_use():
+            cur = self.cursor()
+            try:
+                rel = cur.sql(sql, params=list(parameters) if parameters else None)
+                return rel.limit(0).to_arrow_table().schema
+            except duckdb.Error as exc:
+                raise engine_error(exc) from None
+            finally:
+                cur.close()
 
     def execute(
         self,
@@ -293,9 +369,16 @@ class Engine:
     ) -> pa.RecordBatchReader:
         """Run ``sql`` and stream its result; the timeout covers the whole stream.
 
-        At most ``prefetch`` batches wait in memory ahead of the consumer.
+        At most ``prefetch`` batches wait in memory ahead of the consumer. The
+        stream counts as a user of the engine (see :meth:`retire`) until it ends,
+        is closed, or is dropped unread.
         """
-        cur = self.cursor()
+        self.acquire()
+        try:
+            cur = self.cursor()
+        except BaseException:
+            self.release()
+            raise
         watch = self._watchdog.arm(timeout_s, cur) if timeout_s else None
         started = time.monotonic()
         try:
@@ -305,6 +388,7 @@ class Engine:
             if watch is not None:
                 self._watchdog.disarm(watch)
             cur.close()
+            self.release()
             if isinstance(exc, duckdb.Error):
                 raise engine_error(exc, timeout_s=timeout_s) from None
             raise
@@ -342,7 +426,10 @@ class Engine:
 
         producer = threading.Thread(target=produce, name="stockade-query", daemon=True)
 
+        end = _StreamEnd(self, reader, cur, watch)
+
         def batches() -> Iterator[pa.RecordBatch]:
+            end.started = True
             try:
                 # Small results (one or two batches) are read inline: a thread per
                 # query would cost more than it saves.
@@ -374,9 +461,42 @@ class Engine:
                         except Empty:
                             pass
                     producer.join()
-                if watch is not None:
-                    self._watchdog.disarm(watch)
-                reader.close()
-                cur.close()
+                end()
 
-        return pa.RecordBatchReader.from_batches(reader.schema, batches())
+        stream = batches()
+        # A generator dropped before it started runs no ``finally``.
+        weakref.finalize(stream, end.if_unread).atexit = False
+        return pa.RecordBatchReader.from_batches(reader.schema, stream)
+
+
+
+class _StreamEnd:
+    """Frees what one stream holds and stops counting it as a user of its engine, once."""
+
+    def __init__(self, engine: Engine, reader: Any, cursor: duckdb.DuckDBPyConnection,
+                 watch: int | None) -> None:
+        self.engine = engine
+        self.reader = reader
+        self.cursor = cursor
+        self.watch = watch
+        self.started = False
+        self._done = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        try:
+            if self.watch is not None:
+                self.engine._watchdog.disarm(self.watch)
+            self.reader.close()
+            self.cursor.close()
+        finally:
+            self.engine.release()
+
+    def if_unread(self) -> None:
+        """At garbage collection: a stream that started ends in its own ``finally``."""
+        if not self.started:
+            self()

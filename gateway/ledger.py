@@ -294,46 +294,56 @@ class Ledger:
             (user, dataset, eps, delta, self._clock()),
         )
 
-    def set_dataset_cap(self, dataset: str, epsilon: float | None, delta: float = 0.0) -> None:
-        """Cap what all users together may spend on ``dataset``; ``None`` removes the cap."""
+    def set_dataset_cap(self, dataset: str, epsilon: float | None, delta: float = 0.0,
+                        *, policy: Policy | None = None) -> None:
+        """Cap what all users together may spend on ``dataset``, as the owner.
+
+        An owner's cap wins over the policy's ``budget_cap`` and stays (across
+        restarts and policy changes) until removed with ``epsilon=None``; then the
+        ``policy``'s own cap for the dataset, if it declares one, applies again.
+        """
         with self.store._transaction() as con:
             if epsilon is None:
                 con.execute("DELETE FROM budget_dataset_caps WHERE dataset = ?", (dataset,))
+                declared = policy.datasets[dataset].budget_cap if policy is not None else None
+                if declared is not None:
+                    self._write_cap(con, dataset, *_budget_units(declared), set_by="policy")
                 return
             amount = Cost(epsilon, delta)
-            con.execute(
-                "INSERT INTO budget_dataset_caps (dataset, epsilon, delta, updated_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (dataset) DO UPDATE SET"
-                " epsilon = excluded.epsilon, delta = excluded.delta,"
-                " updated_at = excluded.updated_at",
-                (dataset, to_units(amount.epsilon, EPSILON_UNIT),
-                 to_units(amount.delta, DELTA_UNIT), self._clock()),
-            )
+            self._write_cap(con, dataset, to_units(amount.epsilon, EPSILON_UNIT),
+                            to_units(amount.delta, DELTA_UNIT), set_by="owner")
+
+    def _write_cap(self, con: sqlite3.Connection, dataset: str, eps: int, delta: int, *,
+                   set_by: str) -> None:
+        con.execute(
+            "INSERT INTO budget_dataset_caps (dataset, epsilon, delta, updated_at, set_by)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset) DO UPDATE SET"
+            " epsilon = excluded.epsilon, delta = excluded.delta,"
+            " updated_at = excluded.updated_at, set_by = excluded.set_by"
+            " WHERE epsilon != excluded.epsilon OR delta != excluded.delta"
+            " OR set_by != excluded.set_by",
+            (dataset, eps, delta, self._clock(), set_by),
+        )
 
     def apply_policy_caps(self, policy: Policy) -> None:
-        """Make the dataset caps exactly those the policy declares (``budget_cap``).
+        """Make the policy-set dataset caps exactly those ``policy`` declares (``budget_cap``).
 
-        Called when a domain starts: each declared cap is set, and a dataset
-        that declares none has its cap removed. Charges are never touched, so a
-        cap lowered below what was already spent leaves nothing to spend.
+        Called when a domain starts and when its policy is replaced: each declared
+        cap is set, and a dataset that declares none has its policy cap removed.
+        Caps set by an owner (:meth:`set_dataset_cap`) are left as they are. Charges
+        are never touched, so a cap lowered below what was already spent leaves
+        nothing to spend.
         """
         caps = {name: d.budget_cap for name, d in policy.datasets.items()
                 if d.budget_cap is not None}
-        now = self._clock()
         with self.store._transaction() as con:
-            stored = {d for (d,) in con.execute("SELECT dataset FROM budget_dataset_caps")}
-            for dataset in sorted(stored - set(caps)):
-                con.execute("DELETE FROM budget_dataset_caps WHERE dataset = ?", (dataset,))
+            stored = dict(con.execute("SELECT dataset, set_by FROM budget_dataset_caps"))
+            for dataset in sorted(set(stored) - set(caps)):
+                if stored[dataset] == "policy":
+                    con.execute("DELETE FROM budget_dataset_caps WHERE dataset = ?", (dataset,))
             for dataset, cap in sorted(caps.items()):
-                eps, delta = _budget_units(cap)
-                con.execute(
-                    "INSERT INTO budget_dataset_caps (dataset, epsilon, delta, updated_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (dataset) DO UPDATE SET"
-                    " epsilon = excluded.epsilon, delta = excluded.delta,"
-                    " updated_at = excluded.updated_at"
-                    " WHERE epsilon != excluded.epsilon OR delta != excluded.delta",
-                    (dataset, eps, delta, now),
-                )
+                if stored.get(dataset) != "owner":
+                    self._write_cap(con, dataset, *_budget_units(cap), set_by="policy")
 
     def dataset_caps(self) -> dict[str, tuple[float, float, float, float]]:
         """Dataset → (cap ε, cap δ, ε spent, δ spent) by all users, for each capped dataset."""

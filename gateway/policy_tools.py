@@ -254,10 +254,13 @@ def _error(policy: Policy, text: str, where: str, message: str) -> PolicyError:
     return located(PolicyError(message, where=where, file=policy.file), text)
 
 
-def check_types(domain: Domain) -> list[PolicyError]:
-    """Bind every filter and mask, and each ``raw`` table's rewrite, on the real engine."""
+def check_types(domain: Domain, *, text: str | None = None) -> list[PolicyError]:
+    """Bind every filter and mask, and each ``raw`` table's rewrite, on the real engine.
+
+    ``text`` is the policy's YAML, to locate errors (default: the policy file's).
+    """
     policy = domain.policy
-    text = _policy_text(policy)
+    text = _policy_text(policy) if text is None else text
     # (where, what, reason) -> the roles it fails for, in order
     problems: dict[tuple[str, str, str], list[str]] = {}
     failed: set[tuple[str, str, str]] = set()
@@ -295,14 +298,16 @@ def check_types(domain: Domain) -> list[PolicyError]:
     return errors
 
 
-def check_users(domain: Domain) -> tuple[list[PolicyError], list[str]]:
+def check_users(domain: Domain, *, text: str | None = None
+                ) -> tuple[list[PolicyError], list[str]]:
     """Bind each stored user's attributes into the filters they are under.
 
     Returns ``(errors, warnings)``: a filter that fails for a real user is an
     error; a user whose role the policy lacks is a warning (they cannot log in).
+    ``text`` is as for :func:`check_types`.
     """
     policy = domain.policy
-    text = _policy_text(policy)
+    text = _policy_text(policy) if text is None else text
     errors: list[PolicyError] = []
     warnings: list[str] = []
     for user in domain.store.list_users():
@@ -589,12 +594,14 @@ def explain(
     *,
     dialect: str | None = None,
     epsilon: float | str | None = None,
+    text: str | None = None,
 ) -> Explanation:
     """What ``sql`` becomes for the stored user ``user_name``; raises if it is refused.
 
     ``epsilon`` is the per-query ε of a query on ``dp`` tables (default: the
     grant's ``epsilon_per_query``; a leading ``/* epsilon: … */`` comment wins).
-    Nothing is run and nothing is charged.
+    ``text`` is the policy's YAML, to show masks as written (default: the
+    policy file's). Nothing is run and nothing is charged.
     """
     from gateway.dialects import check_epsilon, resolve_dialect
 
@@ -603,7 +610,7 @@ def explain(
     resolved, _ = resolve_dialect(sql, session=dialect)
     chosen = check_epsilon(epsilon) if epsilon is not None else None
     limits = domain.policy.limits_for(principal.role)
-    text = _policy_text(domain.policy)
+    text = _policy_text(domain.policy) if text is None else text
     dp = domain.dp_plan(principal, sql, dialect=dialect, epsilon=chosen)
     if dp is not None:
         decision = _decision(domain, principal, text, dp.dataset, dp.table, "dp")

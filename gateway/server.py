@@ -196,16 +196,19 @@ class DomainServer(FlightSqlServer):
         if table_types and "TABLE" not in table_types:
             return []
         out = []
-        for table in self.domain.catalog(principal):
-            if schema_pattern is not None and not like_match(schema_pattern, table.dataset):
-                continue
-            if table_pattern is not None and not like_match(table_pattern, table.name):
-                continue
-            schema = annotate_schema(
-                table.schema, catalog=self.domain.name, db_schema=table.dataset,
-                table=table.name, type_names=self.domain.schemas.get((table.dataset, table.name)),
-            )
-            out.append(TableInfo(self.domain.name, table.dataset, table.name, "TABLE", schema))
+        # One policy version for the catalog and its source type names, even mid-swap.
+        with self.domain.pinned() as state:
+            for table in state.catalog(principal):
+                if schema_pattern is not None and not like_match(schema_pattern, table.dataset):
+                    continue
+                if table_pattern is not None and not like_match(table_pattern, table.name):
+                    continue
+                schema = annotate_schema(
+                    table.schema, catalog=self.domain.name, db_schema=table.dataset,
+                    table=table.name, type_names=state.schemas.get((table.dataset, table.name)),
+                )
+                out.append(TableInfo(self.domain.name, table.dataset, table.name, "TABLE",
+                                     schema))
         return out
 
     def table_types(self, context: flight.ServerCallContext) -> Sequence[str]:

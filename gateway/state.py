@@ -216,6 +216,32 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "CREATE INDEX requests_by_status ON requests(status, id)",
         ),
     ),
+    (
+        5,
+        "policy versions: the text of every policy the gateway has run",
+        (
+            # See gateway.policy_versions: the newest version is the live one.
+            """
+            CREATE TABLE policy_versions (
+                version    INTEGER PRIMARY KEY,
+                yaml       TEXT NOT NULL,
+                sha256     TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                created_by TEXT NOT NULL,
+                comment    TEXT
+            )
+            """,
+        ),
+    ),
+    (
+        6,
+        "who set a dataset cap: the policy's budget_cap, or an owner through the API",
+        (
+            # gateway.ledger: an owner's cap stays until the owner removes it; the
+            # policy's caps are re-applied at start and on a policy change around it.
+            "ALTER TABLE budget_dataset_caps ADD COLUMN set_by TEXT NOT NULL DEFAULT 'policy'",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -58,7 +58,10 @@ from policy.model import (
     TableGrant,
 )
 
-__all__ = ["check_against_schemas", "load_policy", "parse_policy"]
+__all__ = [
+    "check_against_schemas", "load_policy", "parse_policy", "parse_policy_for",
+    "read_policy_file",
+]
 
 T = TypeVar("T")
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
@@ -215,11 +218,27 @@ def _opt(entries: dict[str, _Node], key: str, read: Callable[[_Node], T]) -> T |
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read and validate the policy file at ``path``."""
+    return read_policy_file(path)[1]
+
+
+def read_policy_file(path: str | os.PathLike[str]) -> tuple[str, Policy]:
+    """The text of the policy file at ``path`` and the policy it holds (one read)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise PolicyError(f"Cannot read the policy file: {err.strerror}", file=str(p)) from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
+        raise PolicyError(f"Cannot read the policy file: {reason}", file=str(p)) from None
+    return text, parse_policy_for(text, p)
+
+
+def parse_policy_for(text: str, path: str | os.PathLike[str]) -> Policy:
+    """Validate ``text`` as the content of the policy file at ``path``.
+
+    Messages name ``path`` and the line in ``text``; relative source paths
+    resolve against the file's directory, as if ``text`` were in the file.
+    """
+    p = Path(path)
     return parse_policy(text, filename=str(p), base_dir=p.resolve().parent)
 
 

@@ -382,6 +382,22 @@ def test_the_policy_cap_is_shared_by_all_users(env: DpEnv, tmp_path: Path) -> No
     assert env.ledger.balance("carol", "health").cap_epsilon is None
 
 
+def test_an_owners_cap_outlasts_policy_changes_until_removed(env: DpEnv,
+                                                             tmp_path: Path) -> None:
+    bounded(env, tmp_path, cap="{epsilon: 1.5, delta: 1.0e-4}")
+    env.ledger.set_dataset_cap("health", 4.0, 2e-4)  # the owner's, through the API
+    env.ledger.apply_policy_caps(env.policy)  # a restart or a policy change
+    assert env.ledger.dataset_caps() == {"health": (4.0, 2e-4, 0.0, 0.0)}
+    without_cap = parse_policy(POLICY, base_dir=str(tmp_path))
+    env.ledger.apply_policy_caps(without_cap)
+    assert env.ledger.dataset_caps() == {"health": (4.0, 2e-4, 0.0, 0.0)}
+    # Removed by the owner: the policy's own cap (if it declares one) applies again.
+    env.ledger.set_dataset_cap("health", None, policy=env.policy)
+    assert env.ledger.dataset_caps() == {"health": (1.5, 1e-4, 0.0, 0.0)}
+    env.ledger.apply_policy_caps(without_cap)
+    assert env.ledger.dataset_caps() == {}
+
+
 def test_a_starting_domain_applies_the_policys_caps(env: DpEnv, tmp_path: Path) -> None:
     from gateway.domain import Domain
 
