@@ -4,7 +4,11 @@ Each action is a plain function of ``(domain, principal, body)`` returning a
 JSON-ready value; :func:`run` looks it up and checks, in this one place, that the
 caller may run it: *owner* actions need a role with ``admin: true`` in the
 policy, *analyst* actions are open to every user. ``docs/api.md`` documents the
-bodies and results.
+bodies and results. Every action declares whether it changes something
+(``audited``): :func:`run` records each call of those in the audit log (kind
+``admin``, the body redacted), refused calls included; read-only ones are not
+recorded. The owner's audit, status and policy actions live in
+:mod:`gateway.admin_audit` and :mod:`gateway.admin_policy`.
 
 Requests (for budget or access) live in the state store's ``requests`` table.
 Approving a budget request adds its ε/δ to the user's allowance in the same
@@ -21,6 +25,7 @@ gateway.errors.InputError: Unknown field 'epsilom'. Did you mean 'epsilon'? Fiel
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -29,12 +34,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.domain import Domain
-from gateway.errors import InputError, NotSupportedError, PermissionDeniedError, did_you_mean
+from gateway.errors import (
+    InputError,
+    NotSupportedError,
+    PermissionDeniedError,
+    StockadeError,
+    did_you_mean,
+)
 from gateway.ledger import DELTA_UNIT, EPSILON_UNIT, Cost, to_units
 from gateway.state import User, validate_attributes
 from policy.access import catalog_for
 from policy.model import MODES, Budget
 from policy.principal import Principal
+
+log = logging.getLogger("stockade.admin")
 
 Handler = Callable[[Domain, Principal, dict[str, Any]], Any]
 
@@ -47,20 +60,29 @@ MAX_REASON_LENGTH = 2000
 
 @dataclass(frozen=True)
 class Action:
-    """One action: its name, whether only owners may run it, what it does."""
+    """One action: its name, who may run it, whether it is audited, what it does.
+
+    ``audited`` actions (those that change something: users, budgets, requests,
+    the policy) leave an ``admin`` record in the audit log each time they are
+    called, also when refused; read-only ones do not, so that the console's
+    reading does not flood the log.
+    """
 
     name: str
     owner: bool
     description: str
     handler: Handler
+    audited: bool
 
 
 ACTIONS: dict[str, Action] = {}
 
 
-def _action(name: str, description: str, *, owner: bool) -> Callable[[Handler], Handler]:
+def _action(name: str, description: str, *, owner: bool, audited: bool
+            ) -> Callable[[Handler], Handler]:
+    """Register an action; every action says whether it changes state (``audited``)."""
     def register(handler: Handler) -> Handler:
-        ACTIONS[name] = Action(name, owner, description, handler)
+        ACTIONS[name] = Action(name, owner, description, handler, audited)
         return handler
 
     return register
@@ -78,14 +100,52 @@ def is_admin(domain: Domain, principal: Principal) -> bool:
 
 
 def run(domain: Domain, principal: Principal, name: str, body: bytes | Mapping[str, Any]) -> Any:
-    """Run the action ``name`` for ``principal`` with the (JSON) ``body``."""
+    """Run the action ``name`` for ``principal`` with the (JSON) ``body``.
+
+    An audited action is recorded once it has run or was refused (kind ``admin``
+    in :mod:`gateway.audit`, the body redacted).
+    """
     action = ACTIONS.get(name)
     if action is None:
         raise NotSupportedError(f"Unknown action '{name}'.{did_you_mean(name, ACTIONS)}")
+    if not action.audited:
+        return _run(domain, principal, action, body)
+    try:
+        result = _run(domain, principal, action, body)
+    except Exception as exc:
+        _record(domain, principal, name, body, exc)
+        raise
+    _record(domain, principal, name, body, None)
+    return result
+
+
+def _run(domain: Domain, principal: Principal, action: Action,
+         body: bytes | Mapping[str, Any]) -> Any:
     if action.owner and not is_admin(domain, principal):
-        raise PermissionDeniedError(f"Only the data owner (an admin role) may run {name}.")
+        raise PermissionDeniedError(f"Only the data owner (an admin role) may run {action.name}.")
     request = dict(body) if isinstance(body, Mapping) else parse_body(body)
     return action.handler(domain, principal, request)
+
+
+def _record(domain: Domain, principal: Principal, name: str, body: bytes | Mapping[str, Any],
+            error: BaseException | None) -> None:
+    """Write the admin record of one audited call; a failure to write is logged."""
+    try:
+        request: Mapping[str, Any] | None = None
+        if isinstance(body, Mapping):
+            request = body
+        else:
+            try:
+                request = parse_body(body)
+            except InputError:  # recorded without its body
+                request = None
+        message = None
+        if error is not None:
+            message = (error.message if isinstance(error, StockadeError)
+                       else f"internal error ({type(error).__name__})")
+        domain.audit.admin_action(principal.user, principal.role, name, request, message)
+    except Exception:
+        log.exception("could not audit action %s by %s", name, principal.user)
 
 
 # ---------------------------------------------------------------- body checking
@@ -285,7 +345,7 @@ def _file_request(domain: Domain, principal: Principal, kind: str, dataset: str,
 
 
 @_action("stockade.whoami", "Your name, role, attributes, datasets and modes, budgets",
-         owner=False)
+         owner=False, audited=False)
 def whoami(domain: Domain, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
     check_fields(body, ())
     return {"user": principal.user, "role": principal.role,
@@ -296,7 +356,8 @@ def whoami(domain: Domain, principal: Principal, body: dict[str, Any]) -> dict[s
 
 
 @_action("stockade.request_budget",
-         'Ask the owner for more ε/δ: {"dataset", "epsilon", "delta"?, "reason"}', owner=False)
+         'Ask the owner for more ε/δ: {"dataset", "epsilon", "delta"?, "reason"}',
+         owner=False, audited=True)
 def request_budget(domain: Domain, principal: Principal, body: dict[str, Any]
                    ) -> dict[str, Any]:
     check_fields(body, ("dataset", "epsilon", "delta", "reason"))
@@ -314,7 +375,8 @@ def request_budget(domain: Domain, principal: Principal, body: dict[str, Any]
 
 
 @_action("stockade.request_access",
-         'Ask the owner for access to a dataset: {"dataset", "mode", "reason"}', owner=False)
+         'Ask the owner for access to a dataset: {"dataset", "mode", "reason"}',
+         owner=False, audited=True)
 def request_access(domain: Domain, principal: Principal, body: dict[str, Any]
                    ) -> dict[str, Any]:
     check_fields(body, ("dataset", "mode", "reason"))
@@ -329,7 +391,7 @@ def request_access(domain: Domain, principal: Principal, body: dict[str, Any]
     return _file_request(domain, principal, "access", dataset, reason, mode=mode)
 
 
-@_action("stockade.my_requests", "Your requests and their decisions", owner=False)
+@_action("stockade.my_requests", "Your requests and their decisions", owner=False, audited=False)
 def my_requests(domain: Domain, principal: Principal, body: dict[str, Any]
                 ) -> list[dict[str, Any]]:
     check_fields(body, ())
@@ -339,7 +401,7 @@ def my_requests(domain: Domain, principal: Principal, body: dict[str, Any]
 # ---------------------------------------------------------------- owner actions: users
 
 
-@_action("stockade.users.list", "All users of the domain", owner=True)
+@_action("stockade.users.list", "All users of the domain", owner=True, audited=False)
 def users_list(domain: Domain, principal: Principal, body: dict[str, Any]
                ) -> list[dict[str, Any]]:
     check_fields(body, ())
@@ -347,7 +409,7 @@ def users_list(domain: Domain, principal: Principal, body: dict[str, Any]
 
 
 @_action("stockade.users.create",
-         'Create a user: {"name", "role", "password", "attributes"?}', owner=True)
+         'Create a user: {"name", "role", "password", "attributes"?}', owner=True, audited=True)
 def users_create(domain: Domain, principal: Principal, body: dict[str, Any]
                  ) -> dict[str, Any]:
     check_fields(body, ("name", "role", "password", "attributes"))
@@ -362,7 +424,7 @@ def users_create(domain: Domain, principal: Principal, body: dict[str, Any]
 
 
 @_action("stockade.users.update",
-         'Change a user: {"name", "role"?, "attributes"?, "disabled"?}', owner=True)
+         'Change a user: {"name", "role"?, "attributes"?, "disabled"?}', owner=True, audited=True)
 def users_update(domain: Domain, principal: Principal, body: dict[str, Any]
                  ) -> dict[str, Any]:
     check_fields(body, ("name", "role", "attributes", "disabled"))
@@ -389,7 +451,8 @@ def users_update(domain: Domain, principal: Principal, body: dict[str, Any]
 
 
 @_action("stockade.users.reset_password",
-         'Set a new password and end the user\'s sessions: {"name", "password"}', owner=True)
+         'Set a new password and end the user\'s sessions: {"name", "password"}',
+         owner=True, audited=True)
 def users_reset_password(domain: Domain, principal: Principal, body: dict[str, Any]
                          ) -> dict[str, Any]:
     check_fields(body, ("name", "password"))
@@ -428,14 +491,14 @@ def _budget_change(domain: Domain, body: dict[str, Any], *, add: bool) -> dict[s
 
 @_action("stockade.budget.set",
          'Set a user\'s total ε/δ for a dataset: {"user", "dataset", "epsilon", "delta"?}',
-         owner=True)
+         owner=True, audited=True)
 def budget_set(domain: Domain, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
     return _budget_change(domain, body, add=False)
 
 
 @_action("stockade.budget.add",
          'Add ε/δ to a user\'s budget for a dataset: {"user", "dataset", "epsilon", "delta"?}',
-         owner=True)
+         owner=True, audited=True)
 def budget_add(domain: Domain, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
     return _budget_change(domain, body, add=True)
 
@@ -443,7 +506,7 @@ def budget_add(domain: Domain, principal: Principal, body: dict[str, Any]) -> di
 # ---------------------------------------------------------------- owner actions: requests
 
 
-@_action("stockade.requests.list", 'Requests, oldest first: {"status"?}', owner=True)
+@_action("stockade.requests.list", 'Requests, oldest first: {"status"?}', owner=True, audited=False)
 def requests_list(domain: Domain, principal: Principal, body: dict[str, Any]
                   ) -> list[dict[str, Any]]:
     check_fields(body, ("status",))
@@ -460,7 +523,7 @@ def requests_list(domain: Domain, principal: Principal, body: dict[str, Any]
 
 @_action("stockade.requests.approve",
          'Approve a request (a budget one adds its ε/δ): {"id", "epsilon"?, "delta"?, "reason"?}',
-         owner=True)
+         owner=True, audited=True)
 def requests_approve(domain: Domain, principal: Principal, body: dict[str, Any]
                      ) -> dict[str, Any]:
     check_fields(body, ("id", "epsilon", "delta", "reason"))
@@ -515,7 +578,7 @@ def requests_approve(domain: Domain, principal: Principal, body: dict[str, Any]
     return out
 
 
-@_action("stockade.requests.deny", 'Deny a request: {"id", "reason"}', owner=True)
+@_action("stockade.requests.deny", 'Deny a request: {"id", "reason"}', owner=True, audited=True)
 def requests_deny(domain: Domain, principal: Principal, body: dict[str, Any]
                   ) -> dict[str, Any]:
     check_fields(body, ("id", "reason"))
@@ -532,3 +595,7 @@ def requests_deny(domain: Domain, principal: Principal, body: dict[str, Any]
             f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = ?", (request_id,)
         ).fetchone()
     return _request_json(row)
+
+
+# Actions defined in other modules register themselves here, once the helpers above exist.
+from gateway import admin_audit, admin_policy  # noqa: E402,F401

@@ -2,8 +2,11 @@
 
 Every query (who, their role, the SQL as sent, the rewritten SQL as shown to
 people — secrets written ``{secret.NAME}`` —, the decision per table, ε/δ
-charged, rows returned, duration, the error if refused) and every failed login
-is one row of the ``audit_log`` table.
+charged, rows returned, duration, the error if refused), every failed login and
+every action that changes the domain (kind ``admin``: the action, its body with
+passwords and policy texts left out, whether it succeeded) is one row of the
+``audit_log`` table. :meth:`AuditLog.query` reads it back newest first through an
+:class:`AuditFilter`; :func:`export_csv` and :func:`export_jsonl` write records out.
 
 Each record carries ``hash = SHA-256(prev_hash || canonical content)``, where
 ``prev_hash`` is the previous record's hash (the first record's is
@@ -31,13 +34,15 @@ ids, or a ``prev_hash`` that does not match) or removed from the end (SQLite's
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +56,9 @@ GENESIS = hashlib.sha256(b"stockade audit log genesis").hexdigest()
 
 QUERY = "query"
 LOGIN_FAILURE = "login_failure"
+ADMIN = "admin"
+#: Every kind of record.
+KINDS = (QUERY, LOGIN_FAILURE, ADMIN)
 
 
 def canonical(record_id: int, at: float, kind: str, user: str, details: str) -> str:
@@ -71,6 +79,38 @@ def record_hash(prev_hash: str, content: str) -> str:
 def _details_json(details: Mapping[str, Any]) -> str:
     return json.dumps(dict(details), sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False, default=str)
+
+
+#: Longest text an admin record keeps of one body value; longer text is cut.
+MAX_BODY_TEXT = 4000
+
+
+def redact(value: Any) -> Any:
+    """What an admin record keeps of an action body.
+
+    A ``password`` becomes ``"***"``, a ``yaml`` text (a whole policy) its
+    SHA-256 and size, and very long text is cut.
+
+    >>> kept = redact({"name": "bob", "password": "hunter22", "yaml": "version: 1\\n"})
+    >>> kept["name"], kept["password"], kept["yaml"]["bytes"], len(kept["yaml"]["sha256"])
+    ('bob', '***', 11, 64)
+    """
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key == "password":
+                out[key] = "***"
+            elif key == "yaml" and isinstance(item, str):
+                data = item.encode()
+                out[key] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            else:
+                out[key] = redact(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    if isinstance(value, str) and len(value) > MAX_BODY_TEXT:
+        return value[:MAX_BODY_TEXT] + f"… ({len(value)} characters)"
+    return value
 
 
 @dataclass(frozen=True)
@@ -110,6 +150,65 @@ class Verification:
         if self.ok:
             return f"{self.count} records, chain intact"
         return f"audit chain broken at record {self.bad_id}: {self.problem}"
+
+
+#: SQL true for a record (query or admin) with an error: refused or failed.
+REFUSED = "json_extract(details, '$.error') IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which records :meth:`AuditLog.query` returns; every field narrows the set.
+
+    ``since`` is inclusive and ``until`` exclusive (epoch seconds); ``contains``
+    matches the user, the SQL or any detail, ignoring ASCII case; ``refused`` True keeps
+    refused or failed queries and actions and login failures, False the rest;
+    ``before_id`` keeps records older than that id (paging).
+
+    >>> AuditFilter(user="ann", refused=True).sql()[1]
+    ['ann', 'login_failure']
+    """
+
+    user: str | None = None
+    kind: str | None = None
+    since: float | None = None
+    until: float | None = None
+    contains: str | None = None
+    refused: bool | None = None
+    before_id: int | None = None
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """The WHERE clause (parameterised) and its parameters."""
+        where: list[str] = []
+        params: list[Any] = []
+        if self.user is not None:
+            where.append("user_name = ?")
+            params.append(self.user)
+        if self.kind is not None:
+            where.append("kind = ?")
+            params.append(self.kind)
+        if self.since is not None:
+            where.append("at >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            where.append("at < ?")
+            params.append(self.until)
+        if self.contains is not None:
+            # The details are JSON text: look for the text as written and as JSON
+            # escapes it (quotes, backslashes, newlines).
+            escaped = json.dumps(self.contains, ensure_ascii=False)[1:-1]
+            where.append("(instr(lower(details), lower(?)) > 0"
+                         " OR instr(lower(details), lower(?)) > 0"
+                         " OR instr(lower(user_name), lower(?)) > 0)")
+            params.extend([self.contains, escaped, self.contains])
+        if self.refused is not None:
+            refused = f"(kind = ? OR {REFUSED})"
+            where.append(refused if self.refused else f"NOT {refused}")
+            params.append(LOGIN_FAILURE)
+        if self.before_id is not None:
+            where.append("id < ?")
+            params.append(self.before_id)
+        return (" AND ".join(where) or "1"), params
 
 
 class AuditLog:
@@ -200,6 +299,38 @@ class AuditLog:
         """Record a failed login (``reason`` as given by the authenticator)."""
         self.append(LOGIN_FAILURE, str(user), {"reason": reason})
 
+    def admin_action(self, user: str, role: str, action: str, body: Mapping[str, Any] | None,
+                     error: str | None) -> int:
+        """Record an action that changes the domain (or was refused), ``body`` redacted."""
+        return self.append(ADMIN, user, {
+            "action": action, "role": role,
+            "body": None if body is None else redact(body),
+            "ok": error is None, "error": error,
+        })
+
+    def _select(self, sql: str, params: Sequence[Any]) -> list[AuditRecord]:
+        self.flush()
+        with self.store._pool.connection() as con:
+            rows = con.execute(sql, tuple(params)).fetchall()
+        return [AuditRecord(i, at, kind, name, json.loads(details), prev, digest)
+                for i, at, kind, name, details, prev, digest in rows]
+
+    def query(self, where: AuditFilter | None = None, *, limit: int = 100) -> list[AuditRecord]:
+        """The newest ``limit`` records that match ``where``, newest first."""
+        clause, params = (where or AuditFilter()).sql()
+        return self._select(
+            "SELECT id, at, kind, user_name, details, prev_hash, hash FROM audit_log"
+            f" WHERE {clause} ORDER BY id DESC LIMIT ?", [*params, int(limit)])
+
+    def count(self, where: AuditFilter | None = None) -> int:
+        """How many records match ``where``."""
+        clause, params = (where or AuditFilter()).sql()
+        self.flush()
+        with self.store._pool.connection() as con:
+            (n,) = con.execute(f"SELECT COUNT(*) FROM audit_log WHERE {clause}",
+                               tuple(params)).fetchone()
+        return int(n)
+
     def records(self, *, user: str | None = None, limit: int | None = None) -> list[AuditRecord]:
         """Records in id order; with ``limit``, the most recent ``limit`` of them."""
         self.flush()
@@ -244,10 +375,25 @@ class AuditLog:
 
 
 def table_summary(record: AuditRecord) -> str:
-    """A one-line summary of a record's details, for ``stockade audit show``."""
+    """A one-line summary of a record's details, for ``stockade audit show``.
+
+    >>> r = AuditRecord(1, 0.0, ADMIN, "owner", {"action": "stockade.users.create",
+    ...     "body": {"name": "bob", "password": "***"}, "ok": False,
+    ...     "error": "User 'bob' already exists."}, GENESIS, "")
+    >>> print(table_summary(r))
+    stockade.users.create  {"name":"bob","password":"***"}  refused: User 'bob' already exists.
+    """
     d = record.details
     if record.kind == LOGIN_FAILURE:
         return f"reason={d.get('reason')}"
+    if record.kind == ADMIN:
+        body = json.dumps(d.get("body"), separators=(",", ":"), ensure_ascii=False)
+        if len(body) > 200:
+            body = body[:199] + "…"
+        parts = [str(d.get("action")), body]
+        if d.get("error"):
+            parts.append(f"refused: {d['error']}")
+        return "  ".join(parts)
     parts = []
     if d.get("tables"):
         parts.append(",".join(f"{t['dataset']}.{t['table']}:{t['mode']}" for t in d["tables"]))
@@ -261,3 +407,44 @@ def table_summary(record: AuditRecord) -> str:
         parts.append(f"refused: {d['error']}")
     parts.append(str(d.get("sql", "")).replace("\n", " "))
     return "  ".join(parts)
+
+
+# ---------------------------------------------------------------- export
+
+#: The columns of :func:`export_csv`; ``details`` holds, as JSON, the details of
+#: records other than queries (an admin action and its body, a login failure's reason).
+EXPORT_COLUMNS = ("id", "time", "kind", "user", "sql", "tables", "epsilon", "delta", "rows",
+                  "duration_ms", "error", "hash", "details")
+
+
+def export_csv(records: Iterable[AuditRecord]) -> str:
+    """``records`` as CSV with a header row (:data:`EXPORT_COLUMNS`).
+
+    >>> r = AuditRecord(3, 0.0, LOGIN_FAILURE, "mallory", {"reason": "unknown_user"}, "", "ab")
+    >>> print(export_csv([r]), end="")
+    id,time,kind,user,sql,tables,epsilon,delta,rows,duration_ms,error,hash,details
+    3,1970-01-01T00:00:00.000+00:00,login_failure,mallory,,,,,,,,ab,"{""reason"":""unknown_user""}"
+    """
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    for record in records:
+        d = record.details
+        tables = ";".join(f"{t['dataset']}.{t['table']}:{t['mode']}"
+                          for t in d.get("tables") or ())
+        extra = "" if record.kind == QUERY else _details_json(d)
+        writer.writerow([record.id, record.time, record.kind, record.user, _cell(d.get("sql")),
+                         tables, _cell(d.get("epsilon")), _cell(d.get("delta")),
+                         _cell(d.get("rows")), _cell(d.get("duration_ms")),
+                         _cell(d.get("error")), record.hash, extra])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def export_jsonl(records: Iterable[AuditRecord]) -> str:
+    """``records`` as JSON lines, one :meth:`AuditRecord.to_json` per line."""
+    return "".join(json.dumps(r.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
+                   for r in records)
