@@ -99,7 +99,8 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(Path(args.dir), host=args.host, port=args.port, rows=args.rows)
+    return run_demo(Path(args.dir), host=args.host, port=args.port, rows=args.rows,
+                    console_port=None if args.no_console else args.console_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,13 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.cli_audit import add_audit_parser
     from gateway.cli_budget import add_budget_parser
+    from gateway.cli_console import add_console_parser
+    from gateway.cli_policy_remote import add_policy_remote_commands
+    from gateway.cli_requests import add_requests_parser
     from gateway.cli_users import add_users_parser
 
     add_users_parser(sub)
     add_budget_parser(sub)
+    add_requests_parser(sub)
     add_audit_parser(sub)
+    add_console_parser(sub)
 
-    policy = sub.add_parser("policy", help="work with policy files")
+    policy = sub.add_parser("policy", help="work with policy files and a gateway's live policy")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     check = policy_sub.add_parser(
         "check", help="validate a policy file against its real data sources",
@@ -152,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "epsilon_per_query; a leading /* epsilon: … */ comment wins)")
     explain.add_argument("--format", choices=("text", "json"), default="text")
     explain.set_defaults(func=_cmd_policy_explain)
+    add_policy_remote_commands(policy_sub)
 
     demo = sub.add_parser("demo", help="generate sample data and run a demo domain")
     demo.add_argument("--dir", default=os.environ.get("STOCKADE_DEMO_DIR", "demo-data"),
@@ -160,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8815, help="0 picks any free port")
     demo.add_argument("--rows", type=int, default=1_000_000,
                       help="rows of screenings to generate (default: 1,000,000)")
+    demo.add_argument("--console-port", type=int, default=8501,
+                      help="port of the owner's web console (default: 8501; 0 picks a free one)")
+    demo.add_argument("--no-console", action="store_true", help="do not start the console")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -7,6 +7,10 @@ to the next query. A user's allowance for a dataset starts from their role's
 ``show`` lists it only when given the policy (``--policy FILE``), and ``add``
 needs the policy to know what it adds to.
 
+With ``--url`` they run the gateway's ``stockade.budget.*`` actions instead
+(:mod:`gateway.cli_budget_remote`), where the live policy supplies the role
+budgets; ``cap`` (a dataset's cap for all users) is only available that way.
+
 >>> parse_amount("0.5", "--epsilon"), parse_amount("1e-6", "--delta")
 (0.5, 1e-06)
 >>> parse_amount("-1", "--epsilon")
@@ -27,6 +31,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from gateway.cli_remote import add_remote_options, format_table, use_url
 from gateway.cli_users import DATA_DIR_ENV, _data_dir, _errors_to_exit_code
 from gateway.errors import InputError, NotFoundError, did_you_mean
 from gateway.ledger import Balance, Ledger
@@ -133,17 +138,16 @@ def _balance_json(balance: Balance, source: str) -> dict[str, Any]:
     return {**balance.to_json(), "source": source}
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
+_table = format_table
 
 
 @_errors_to_exit_code
 def cmd_show(args: argparse.Namespace) -> int:
     """``budget show [USER] [--dataset D] [--policy FILE]``."""
+    if use_url(args):
+        from gateway.cli_budget_remote import show
+
+        return show(args)
     store, ctx = _open(args)
     with store:
         user = ctx.user(args.user, ledger_too=True) if args.user else None
@@ -234,6 +238,10 @@ def _summary(verb: str, balance: Balance) -> str:
 @_errors_to_exit_code
 def cmd_set(args: argparse.Namespace) -> int:
     """``budget set USER DATASET --epsilon E [--delta D]``."""
+    if use_url(args):
+        from gateway.cli_budget_remote import change
+
+        return change(args, add=False)
     epsilon = parse_amount(args.epsilon, "--epsilon")
     delta = None if args.delta is None else parse_amount(args.delta, "--delta", below_one=True)
     store, ctx = _open(args)
@@ -261,6 +269,10 @@ def cmd_set(args: argparse.Namespace) -> int:
 @_errors_to_exit_code
 def cmd_add(args: argparse.Namespace) -> int:
     """``budget add USER DATASET --epsilon E [--delta D]``."""
+    if use_url(args):
+        from gateway.cli_budget_remote import change
+
+        return change(args, add=True)
     epsilon = parse_amount(args.epsilon, "--epsilon")
     delta = 0.0 if args.delta is None else parse_amount(args.delta, "--delta", below_one=True)
     store, ctx = _open(args)
@@ -281,8 +293,21 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 @_errors_to_exit_code
+def cmd_cap(args: argparse.Namespace) -> int:
+    """``budget cap DATASET --epsilon E [--delta D] | --remove --url …``."""
+    from gateway.cli_budget_remote import cap
+
+    return cap(args)
+
+
+@_errors_to_exit_code
 def cmd_charges(args: argparse.Namespace) -> int:
     """``budget charges [USER] [--dataset D]``."""
+    if use_url(args):
+        raise InputError(
+            "A running gateway does not list single charges: see the ε spent per user with "
+            "`stockade budget show --url …` and each charged query with `stockade audit "
+            "show --url … --kind query`, or list charges with --data-dir on its machine.")
     store, ctx = _open(args)
     with store:
         user = ctx.user(args.user, ledger_too=True) if args.user else None
@@ -315,7 +340,8 @@ def _common(parser: argparse.ArgumentParser, *, policy_help: str) -> None:
         help=f"the gateway's data directory (default: ${DATA_DIR_ENV})",
     )
     if policy_help:
-        parser.add_argument("--policy", metavar="FILE", help=policy_help)
+        parser.add_argument("--policy", metavar="FILE", help=policy_help + " (--data-dir)")
+    add_remote_options(parser)
 
 
 #: What argparse takes for a negative number rather than an option (its own pattern
@@ -328,15 +354,20 @@ def _amounts(parser: argparse.ArgumentParser, what: str) -> None:
     parser._negative_number_matcher = _NEGATIVE
     parser.add_argument("user", metavar="USER")
     parser.add_argument("dataset", metavar="DATASET")
-    parser.add_argument("--epsilon", required=True, metavar="E", help=f"ε {what}")
+    _epsilon_delta(parser, what, required=True)
+
+
+def _epsilon_delta(parser: argparse.ArgumentParser, what: str, *, required: bool) -> None:
+    parser.add_argument("--epsilon", required=required, metavar="E", help=f"ε {what}")
     parser.add_argument("--delta", metavar="D", help=f"δ {what}")
 
 
 def add_budget_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``budget show|set|add|charges`` under ``subparsers``."""
+    """Register ``budget show|set|add|cap|charges`` under ``subparsers``."""
     budget = subparsers.add_parser(
         "budget", help="show and change the ε/δ budgets of dp mode",
-        description="Show and change the ε/δ budgets of dp mode in a domain's state store.",
+        description="Show and change the ε/δ budgets of dp mode, in a domain's state store "
+                    "(--data-dir) or through a running gateway (--url).",
     )
     commands = budget.add_subparsers(dest="budget_command", metavar="COMMAND", required=True)
 
@@ -369,6 +400,19 @@ def add_budget_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     _amounts(add, "to add (≥ 0)")
     _common(add, policy_help="the policy: the role's budget is the starting allowance")
     add.set_defaults(func=cmd_add)
+
+    cap = commands.add_parser(
+        "cap", help="cap what all users together may spend on a dataset (--url)",
+        description="Set or remove a dataset's cap on the ε/δ all users together may spend, "
+                    "through a running gateway. It wins over the policy's budget_cap and "
+                    "stays until --remove, when the policy's cap (if any) applies again.",
+    )
+    cap._negative_number_matcher = _NEGATIVE
+    cap.add_argument("dataset", metavar="DATASET")
+    _epsilon_delta(cap, "cap for all users (≥ 0)", required=False)
+    cap.add_argument("--remove", action="store_true", help="remove the dataset's cap")
+    add_remote_options(cap, required=True)
+    cap.set_defaults(func=cmd_cap)
 
     charges = commands.add_parser(
         "charges", help="the append-only record of charges",

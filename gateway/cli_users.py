@@ -1,9 +1,11 @@
-"""``stockade users``: add, list, remove users and change passwords.
+"""``stockade users``: add, list, change, disable and remove users.
 
 These commands work on the state store in ``--data-dir`` (or
-``$STOCKADE_DATA_DIR``) directly, also while the gateway runs. Passwords are never
-taken from the command line: ``--password-stdin`` reads one line from standard
-input, otherwise the command prompts (twice) on the terminal.
+``$STOCKADE_DATA_DIR``) directly, also while the gateway runs, or with ``--url``
+through a running gateway's ``stockade.users.*`` actions (see
+:mod:`gateway.cli_remote`). Passwords are never taken from the command line:
+``--password-stdin`` reads the new password from one line of standard input,
+otherwise the command prompts (twice) on the terminal.
 
 >>> parse_attribute("site=north"), parse_attribute("level=3"), parse_attribute("zip=02134")
 (('site', 'north'), ('level', 3), ('zip', '02134'))
@@ -20,12 +22,16 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import wraps
 from pathlib import Path
+from typing import Any
 
+from gateway.cli_remote import add_remote_options, connect, format_table, run_action, use_url
 from gateway.errors import ConfigError, InputError, StockadeError, did_you_mean
-from gateway.state import STATE_FILE, AttributeValue, StateStore, User
+from gateway.remote import GatewayClient
+from gateway.state import STATE_FILE, AttributeValue, StateStore
 
 DATA_DIR_ENV = "STOCKADE_DATA_DIR"
 
@@ -95,8 +101,8 @@ def _read_password(args: argparse.Namespace) -> str:
             "No password given: standard input is not a terminal, so pass --password-stdin "
             "and write the password to standard input."
         )
-    first = getpass.getpass("Password: ")
-    second = getpass.getpass("Repeat the password: ")
+    first = getpass.getpass(f"New password of {args.name}: ")
+    second = getpass.getpass("Repeat the new password: ")
     if first != second:
         raise InputError("The two passwords differ; nothing was changed.")
     return first
@@ -135,46 +141,62 @@ def _errors_to_exit_code(handler: Handler) -> Handler:
     return run
 
 
+def _remote_user(client: GatewayClient, name: str) -> dict[str, Any]:
+    """The gateway's user ``name`` (case-insensitive), before asking for a password."""
+    users = client.action("stockade.users.list")
+    for user in users:
+        if user["name"].lower() == name.lower():
+            return dict(user)
+    names = [u["name"] for u in users]
+    raise InputError(f"Unknown user '{name}'.{did_you_mean(name, names)} "
+                     "See `stockade users list` for the users of this domain.")
+
+
 @_errors_to_exit_code
 def cmd_add(args: argparse.Namespace) -> int:
     """``users add NAME --role ROLE``."""
     attributes = _attributes(args.attr)
+    if use_url(args):
+        with connect(args) as client:
+            user = client.action("stockade.users.create", {
+                "name": args.name, "role": args.role, "password": _read_password(args),
+                "attributes": attributes})
+        print(f"Added user '{user['name']}' with role '{user['role']}'.")
+        return 0
     if args.policy:
         _check_role(args.role, args.policy)
     data_dir = _data_dir(args, must_exist=False)
     password = _read_password(args)
     with StateStore(data_dir) as store:
-        user = store.add_user(args.name, args.role, password, attributes)
-    print(f"Added user '{user.name}' with role '{user.role}'.")
+        added = store.add_user(args.name, args.role, password, attributes)
+    print(f"Added user '{added.name}' with role '{added.role}'.")
     return 0
 
 
-def _table(users: list[User]) -> str:
-    header = ("NAME", "ROLE", "STATUS", "ATTRIBUTES", "CREATED")
-    rows = [
-        (
-            u.name,
-            u.role,
-            "disabled" if u.disabled else "active",
-            ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(u.attributes.items())),
-            u.created_at.strftime("%Y-%m-%d %H:%M UTC"),
-        )
-        for u in users
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
+def _when(iso: str) -> str:
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _table(users: list[Mapping[str, Any]]) -> str:
+    """People's view of users as JSON (``User.to_json()``, or ``stockade.users.list``)."""
+    return format_table(
+        ("NAME", "ROLE", "STATUS", "ATTRIBUTES", "CREATED"),
+        [(u["name"], u["role"], "disabled" if u["disabled"] else "active",
+          ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(u["attributes"].items())),
+          _when(u["created_at"])) for u in users],
     )
 
 
 @_errors_to_exit_code
 def cmd_list(args: argparse.Namespace) -> int:
     """``users list``."""
-    with StateStore(_data_dir(args, must_exist=True)) as store:
-        users = store.list_users()
+    if use_url(args):
+        users = list(run_action(args, "stockade.users.list"))
+    else:
+        with StateStore(_data_dir(args, must_exist=True)) as store:
+            users = [u.to_json() for u in store.list_users()]
     if args.format == "json":
-        print(json.dumps([u.to_json() for u in users], indent=2))
+        print(json.dumps(users, indent=2))
     elif users:
         print(_table(users))
     else:
@@ -185,6 +207,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 @_errors_to_exit_code
 def cmd_remove(args: argparse.Namespace) -> int:
     """``users remove NAME``."""
+    if use_url(args):
+        raise InputError(
+            "A running gateway does not remove users (their audit records and budgets "
+            f"name them): disable the user with `stockade users disable {args.name} --url "
+            "…`, or remove them with --data-dir on the gateway's machine.")
     with StateStore(_data_dir(args, must_exist=True)) as store:
         name = store.get_user(args.name).name
         store.remove_user(name)
@@ -195,10 +222,69 @@ def cmd_remove(args: argparse.Namespace) -> int:
 @_errors_to_exit_code
 def cmd_passwd(args: argparse.Namespace) -> int:
     """``users passwd NAME``."""
-    with StateStore(_data_dir(args, must_exist=True)) as store:
-        name = store.get_user(args.name).name  # fail before asking for a password
-        store.set_password(name, _read_password(args))
+    if use_url(args):
+        with connect(args) as client:
+            name = _remote_user(client, args.name)["name"]  # fail before asking
+            client.action("stockade.users.reset_password",
+                          {"name": name, "password": _read_password(args)})
+    else:
+        with StateStore(_data_dir(args, must_exist=True)) as store:
+            name = store.get_user(args.name).name  # fail before asking for a password
+            store.set_password(name, _read_password(args))
     print(f"Changed the password of '{name}'; their sessions are ended.")
+    return 0
+
+
+def _update(args: argparse.Namespace, change: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``change`` (role, attributes or disabled) to user ``args.name``."""
+    if use_url(args):
+        return dict(run_action(args, "stockade.users.update", {"name": args.name, **change}))
+    with StateStore(_data_dir(args, must_exist=True)) as store:
+        name = store.get_user(args.name).name
+        if "role" in change:
+            user = store.set_role(name, change["role"])
+        elif "attributes" in change:
+            user = store.set_attributes(name, change["attributes"])
+        else:
+            user = store.set_disabled(name, change["disabled"])
+    return user.to_json()
+
+
+@_errors_to_exit_code
+def cmd_set_role(args: argparse.Namespace) -> int:
+    """``users set-role NAME ROLE``."""
+    if getattr(args, "policy", None) and not getattr(args, "url", None):
+        _check_role(args.role, args.policy)
+    user = _update(args, {"role": args.role})
+    print(f"'{user['name']}' now has role '{user['role']}'.")
+    return 0
+
+
+@_errors_to_exit_code
+def cmd_set_attributes(args: argparse.Namespace) -> int:
+    """``users set-attributes NAME --attr KEY=VALUE … | --clear``."""
+    if bool(args.attr) == args.clear:
+        raise InputError("Give the new attributes with --attr KEY=VALUE (repeatable), or "
+                         "--clear to remove them all; they replace the current ones.")
+    user = _update(args, {"attributes": _attributes(args.attr)})
+    shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(user["attributes"].items()))
+    print(f"'{user['name']}' now has attributes: {shown or 'none'}.")
+    return 0
+
+
+@_errors_to_exit_code
+def cmd_disable(args: argparse.Namespace) -> int:
+    """``users disable NAME``."""
+    user = _update(args, {"disabled": True})
+    print(f"Disabled '{user['name']}'; their sessions are ended.")
+    return 0
+
+
+@_errors_to_exit_code
+def cmd_enable(args: argparse.Namespace) -> int:
+    """``users enable NAME``."""
+    user = _update(args, {"disabled": False})
+    print(f"Enabled '{user['name']}'; they log in again.")
     return 0
 
 
@@ -214,49 +300,91 @@ def _password_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--password-stdin",
         action="store_true",
-        help="read the password from one line of standard input (else prompt)",
+        help="read the new password from one line of standard input (else prompt); with "
+             "--url, log in with $STOCKADE_PASSWORD or the prompt",
     )
+
+
+def _target(parser: argparse.ArgumentParser, *, password_stdin: bool = True) -> None:
+    """``--data-dir`` or ``--url`` and the gateway login options."""
+    _common(parser)
+    add_remote_options(parser, password_stdin=password_stdin)
 
 
 def add_users_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``users add|list|remove|passwd`` under ``subparsers``."""
+    """Register ``users add|list|remove|passwd|set-role|set-attributes|disable|enable``."""
     users = subparsers.add_parser(
-        "users", help="manage the users of a domain", description="Manage the users of a domain."
-    )
+        "users", help="manage the users of a domain",
+        description="Manage the users of a domain: in its state store (--data-dir) or "
+                    "through a running gateway (--url).")
     commands = users.add_subparsers(dest="users_command", metavar="COMMAND", required=True)
 
     add = commands.add_parser("add", help="add a user", description="Add a user.")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--role", required=True, help="the user's role in the policy")
     _password_option(add)
-    add.add_argument(
-        "--attr",
-        action="append",
-        metavar="KEY=VALUE",
-        help="an attribute for row filters ({user.KEY}); repeatable",
-    )
-    add.add_argument("--policy", metavar="FILE", help="check that the role exists in this policy")
-    _common(add)
+    _attr_option(add)
+    add.add_argument("--policy", metavar="FILE",
+                     help="check that the role exists in this policy (with --data-dir)")
+    _target(add, password_stdin=False)
     add.set_defaults(func=cmd_add)
 
     list_ = commands.add_parser("list", help="list users", description="List users.")
     list_.add_argument("--format", choices=("table", "json"), default="table")
-    _common(list_)
+    _target(list_)
     list_.set_defaults(func=cmd_list)
 
     remove = commands.add_parser(
-        "remove", help="remove a user", description="Remove a user and end their sessions."
-    )
+        "remove", help="remove a user",
+        description="Remove a user and end their sessions (--data-dir only; a running "
+                    "gateway disables users instead).")
     remove.add_argument("name", metavar="NAME")
-    _common(remove)
+    _target(remove)
     remove.set_defaults(func=cmd_remove)
 
     passwd = commands.add_parser(
         "passwd",
         help="change a user's password",
-        description="Change a user's password and end their sessions.",
+        description="Change a user's password and end their sessions. With --url the "
+                    "login password comes from $STOCKADE_PASSWORD or the terminal, as "
+                    "--password-stdin is the new password.",
     )
     passwd.add_argument("name", metavar="NAME")
     _password_option(passwd)
-    _common(passwd)
+    _target(passwd, password_stdin=False)
     passwd.set_defaults(func=cmd_passwd)
+
+    set_role = commands.add_parser(
+        "set-role", help="change a user's role",
+        description="Change a user's role; it applies to their next call.")
+    set_role.add_argument("name", metavar="NAME")
+    set_role.add_argument("role", metavar="ROLE")
+    set_role.add_argument("--policy", metavar="FILE",
+                          help="check that the role exists in this policy (with --data-dir)")
+    _target(set_role)
+    set_role.set_defaults(func=cmd_set_role)
+
+    set_attributes = commands.add_parser(
+        "set-attributes", help="replace a user's attributes",
+        description="Replace all of a user's attributes (the {user.KEY} of row filters).")
+    set_attributes.add_argument("name", metavar="NAME")
+    _attr_option(set_attributes)
+    set_attributes.add_argument("--clear", action="store_true", help="remove every attribute")
+    _target(set_attributes)
+    set_attributes.set_defaults(func=cmd_set_attributes)
+
+    for name, func, text in (("disable", cmd_disable, "disable a user and end their sessions"),
+                             ("enable", cmd_enable, "let a disabled user log in again")):
+        command = commands.add_parser(name, help=text, description=text.capitalize() + ".")
+        command.add_argument("name", metavar="NAME")
+        _target(command)
+        command.set_defaults(func=func)
+
+
+def _attr_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attr",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an attribute for row filters ({user.KEY}); repeatable",
+    )

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
     import adbc_driver_flightsql.dbapi as flight_sql
 
     proc = subprocess.Popen(
-        [*STOCKADE, "demo", "--dir", str(tmp_path), "--port", "0", "--rows", "4000"],
+        [*STOCKADE, "demo", "--dir", str(tmp_path), "--port", "0", "--rows", "4000",
+         "--console-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )
     assert proc.stdout is not None
@@ -137,6 +139,10 @@ def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
         )
         assert url and {"owner", "rita", "carl"} <= set(logins), text
         assert "jdbc:arrow-flight-sql://" in text
+        console = re.search(r"^console listening on (http://127\.0\.0\.1:\d+)", text, re.M)
+        assert console, text
+        with urllib.request.urlopen(console.group(1) + "/_stcore/health", timeout=10) as answer:
+            assert answer.status == 200
         conn = flight_sql.connect(url.group(1), autocommit=True,
                                   db_kwargs={"username": "carl", "password": logins["carl"]})
         cur = conn.cursor()
