@@ -93,8 +93,11 @@ def generate(directory: Path, rows: int) -> None:
     con.close()
 
 
-def run_demo(directory: Path, *, host: str, port: int, rows: int) -> int:
+def run_demo(directory: Path, *, host: str, port: int, rows: int,
+             console_port: int | None = 8501) -> int:
+    """Serve the demo domain (and its console unless ``console_port`` is None)."""
     from gateway.cli import install_stop_signals
+    from gateway.cli_console import start_console, stop_console
     from gateway.serve import start_server
     from gateway.settings import load_settings
 
@@ -120,8 +123,18 @@ def run_demo(directory: Path, *, host: str, port: int, rows: int) -> int:
             domain.store.add_user(name, role, password, attributes)
     stop = threading.Event()
     install_stop_signals(stop)
+    console = None
+    if console_port is not None:
+        try:
+            console, console_url = start_console(url, host, console_port)
+        except BaseException:
+            server.shutdown()
+            domain.close()
+            raise
     user, _, password, _ = DEMO_USERS[1]
     print(f"st_marys listening on {url}")
+    if console is not None:
+        print(f"console listening on {console_url}  (log in as owner)")
     for name, role, password_, _ in DEMO_USERS:
         print(f"login: {name} {password_} {role}")
     print(textwrap.dedent(f"""
@@ -144,6 +157,8 @@ def run_demo(directory: Path, *, host: str, port: int, rows: int) -> int:
         while not stop.wait(0.5):
             pass
     finally:
+        if console is not None:
+            stop_console(console)
         server.shutdown()
         domain.close()
         print("demo stopped", flush=True)
