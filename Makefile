@@ -32,7 +32,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy policy gateway connectors ui
+	$(VENV)/bin/mypy policy gateway connectors ui network
 
 proto: install
 	bash scripts/gen_proto.sh

@@ -15,7 +15,7 @@ Approving a budget request adds its ε/δ to the user's allowance in the same
 transaction that marks it approved, so a request is never half-applied.
 
 >>> sorted(name for name, action in ACTIONS.items() if not action.owner)
-['stockade.my_requests', 'stockade.request_access', 'stockade.request_budget', 'stockade.whoami']
+['stockade.catalog', 'stockade.my_requests', 'stockade.request_access', 'stockade.request_budget', 'stockade.whoami']
 >>> check_fields({"dataset": "x", "epsilom": 1}, ("dataset", "epsilon"))
 Traceback (most recent call last):
 ...
@@ -598,4 +598,4 @@ def requests_deny(domain: Domain, principal: Principal, body: dict[str, Any]
 
 
 # Actions defined in other modules register themselves here, once the helpers above exist.
-from gateway import admin_audit, admin_policy  # noqa: E402,F401
+from gateway import admin_audit, admin_catalog, admin_policy  # noqa: E402,F401

@@ -118,15 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_audit import add_audit_parser
     from gateway.cli_budget import add_budget_parser
     from gateway.cli_console import add_console_parser
+    from gateway.cli_network import add_network_parser
     from gateway.cli_policy_remote import add_policy_remote_commands
     from gateway.cli_requests import add_requests_parser
+    from gateway.cli_search import add_search_parser
     from gateway.cli_users import add_users_parser
 
+    add_network_parser(sub)
     add_users_parser(sub)
     add_budget_parser(sub)
     add_requests_parser(sub)
     add_audit_parser(sub)
     add_console_parser(sub)
+    add_search_parser(sub)
 
     policy = sub.add_parser("policy", help="work with policy files and a gateway's live policy")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)

@@ -496,7 +496,7 @@ def test_read_only_actions_are_not_audited(gateway, owner, new_user):  # type: i
 
 def test_every_action_decides_whether_it_is_audited():
     read_only = ("list", "get", "versions", "query", "export", "verify", "stats", "status",
-                 "whoami", "my_requests", "dry_run", "validate", "roles")
+                 "whoami", "my_requests", "dry_run", "validate", "roles", "catalog")
     for name, action in ACTIONS.items():
         assert isinstance(action.audited, bool), name
         assert action.audited == (name.rsplit(".", 1)[-1] not in read_only), name

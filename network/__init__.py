@@ -1,0 +1,1 @@
+"""The network node: many domains behind one Flight SQL endpoint, with federated aggregates."""

@@ -1,0 +1,388 @@
+"""Analysts' sessions at the network: one login, a token at every domain.
+
+The network has no users of its own. An analyst logs in to the network with the
+user name and password the domains know (Basic, as with a domain); the network
+logs in to every domain with them, in parallel, and the login succeeds when at
+least one domain accepts. The analyst gets a network bearer token; behind it,
+the :class:`NetworkSession` keeps the bearer token each domain issued, and each
+domain authenticates and authorises the analyst itself on every call.
+
+The password is kept in the session's memory only, for the session's lifetime
+(``session_ttl_s``, or until the client closes the session): it is needed to log
+in to a domain that was down at login time, and again when a domain's token
+expires. It is never written anywhere, logged or sent anywhere but to the
+configured domains.
+
+Domains throttle failed logins per user name (:class:`gateway.auth.LoginThrottle`),
+and every network login is a login at every domain. So that the network does not
+lock analysts out of a domain by retrying a password the domain refused, a
+refusal is remembered (per domain, user and a keyed digest of the password, in
+memory, for ``rejection_memory_s``) and not retried meanwhile; the network also
+throttles failed network logins itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyarrow.flight as flight
+
+from gateway.auth import AUTH_REQUIRED, MALFORMED_HEADER, LoginThrottle, decode_basic
+from gateway.dialects import DIALECT_HEADER, EPSILON_HEADER
+from gateway.errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    StockadeError,
+    UnavailableError,
+)
+from gateway.flight_errors import to_flight_error
+from network.domains import DomainDown, DomainLink, DomainRejected, DomainTimeout
+from network.options import PARTIAL_HEADER
+
+log = logging.getLogger("stockade.network.auth")
+
+WRONG_CREDENTIALS = "Wrong user name or password"
+T = TypeVar("T")
+
+
+@dataclass
+class DomainLogin:
+    """The analyst's standing at one domain: ``ok`` (with a token), ``rejected``,
+    ``unavailable`` or ``timeout`` (not logged in: tried again when needed)."""
+
+    state: str
+    token: str | None = None
+    message: str = ""
+    skipped: bool = False  # not asked: its last health check failed
+
+
+@dataclass
+class NetworkSession:
+    """One analyst's login at the network.
+
+    ``logins`` holds the analyst's standing at each domain; each domain has its
+    own lock, so that logging in again at a slow domain holds up no other.
+    """
+
+    id: str  # digest of the network token (the token itself is not kept)
+    user: str
+    expires: float
+    logins: dict[str, DomainLogin]
+    _password: str | None = field(repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+    locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+
+    def lock(self, domain: str) -> threading.Lock:
+        return self.locks.setdefault(domain, threading.Lock())
+
+    def forget_password(self) -> None:
+        self._password = None
+
+    @property
+    def closed(self) -> bool:
+        return self._password is None
+
+
+class RejectionMemory:
+    """Which (domain, user, password) a domain refused lately; bounded, in memory.
+
+    The password is kept as an HMAC under a key made when the network starts.
+    """
+
+    def __init__(self, keep_s: float, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.keep_s = keep_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[tuple[str, str, bytes], tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _digest(self, password: str) -> bytes:
+        return hmac.new(self._key, password.encode(), hashlib.sha256).digest()
+
+    def remember(self, domain: str, user: str, password: str, message: str) -> None:
+        key = (domain, user.lower(), self._digest(password))
+        with self._lock:
+            self._entries[key] = (self._clock() + self.keep_s, message)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def recalled(self, domain: str, user: str, password: str) -> str | None:
+        """The domain's refusal message, if it refused these credentials lately."""
+        key = (domain, user.lower(), self._digest(password))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._entries[key]
+                return None
+            return entry[1]
+
+    def forget(self, domain: str, user: str) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == domain and k[1] == user.lower()]:
+                del self._entries[key]
+
+
+class Sessions:
+    """Logs analysts in to the domains and keeps their sessions (bounded, expiring)."""
+
+    def __init__(self, links: Mapping[str, DomainLink], *, ttl_s: float = 3600.0,
+                 rejection_memory_s: float = 300.0, max_sessions: int = 10_000,
+                 is_down: Callable[[str], bool] | None = None,
+                 pool: ThreadPoolExecutor | None = None) -> None:
+        self.links = dict(links)
+        self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
+        self.rejections = RejectionMemory(rejection_memory_s)
+        self.throttle = LoginThrottle()
+        self._is_down = is_down or (lambda name: False)
+        self._pool = pool or ThreadPoolExecutor(max_workers=16, thread_name_prefix="login")
+        self._sessions: OrderedDict[str, NetworkSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- logging in -----------------------------------------------------------------
+
+    def login(self, user: str, password: str) -> tuple[str, NetworkSession]:
+        """Log in to every domain; ``(network token, session)``.
+
+        Domains known to be down (the last health check failed) are not waited
+        for: the session logs in to them when they are first needed.
+        """
+        if not self.throttle.allowed(user):
+            raise AuthenticationError(WRONG_CREDENTIALS)
+        futures = {name: self._pool.submit(self._login_one, link, user, password,
+                                           skip_down=True)
+                   for name, link in self.links.items()}
+        logins = {name: future.result() for name, future in futures.items()}
+        if not any(login.state in ("ok", "rejected") for login in logins.values()):
+            # every domain is down, or thought down: ask those not asked before giving up
+            futures = {name: self._pool.submit(self._login_one, self.links[name], user,
+                                               password)
+                       for name, login in logins.items() if login.skipped}
+            logins.update({name: future.result() for name, future in futures.items()})
+        if not any(login.state == "ok" for login in logins.values()):
+            rejected = sorted(n for n, login in logins.items() if login.state == "rejected")
+            if rejected:
+                self.throttle.failure(user)
+                raise AuthenticationError(
+                    f"{WRONG_CREDENTIALS}: no domain of the network accepted them "
+                    f"(refused by {', '.join(rejected)})")
+            reasons = "; ".join(login.message for login in logins.values())
+            raise UnavailableError("No domain of the network could check your credentials: "
+                                   f"{reasons}")
+        self.throttle.success(user)
+        token = secrets.token_urlsafe(32)
+        session = NetworkSession(
+            _session_id(token), user, time.monotonic() + self.ttl_s, logins, password)
+        with self._lock:
+            self._sessions[session.id] = session
+            while len(self._sessions) > self.max_sessions:
+                _, old = self._sessions.popitem(last=False)
+                old.forget_password()
+        log.info("network login by %r: %s", user,
+                 ", ".join(f"{n}={login.state}" for n, login in logins.items()))
+        return token, session
+
+    def _login_one(self, link: DomainLink, user: str, password: str, *,
+                   skip_down: bool = False) -> DomainLogin:
+        refused = self.rejections.recalled(link.name, user, password)
+        if refused is not None:
+            return DomainLogin("rejected", message=refused)
+        if skip_down and self._is_down(link.name):
+            return DomainLogin("unavailable", message=f"domain '{link.name}' is unavailable "
+                                                      "(its last health check failed)",
+                               skipped=True)
+        try:
+            return DomainLogin("ok", token=link.login(user, password))
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            message = _rejected_message(link.name, exc)
+            self.rejections.remember(link.name, user, password, message)
+            return DomainLogin("rejected", message=message)
+        except DomainTimeout as exc:
+            return DomainLogin("timeout", message=exc.message)
+        except StockadeError as exc:
+            return DomainLogin("unavailable", message=exc.message)
+
+    # -- finding a session ------------------------------------------------------------
+
+    def find(self, token: str) -> NetworkSession:
+        """The live session of a network bearer token."""
+        key = _session_id(token)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is not None and session.expires <= time.monotonic():
+                del self._sessions[key]
+                session.forget_password()
+                raise AuthenticationError("Your network session has expired: log in again.")
+        if session is None:
+            raise AuthenticationError("Unknown or expired network token: log in again.")
+        return session
+
+    def close(self, session: NetworkSession) -> None:
+        """End ``session``: its password and domain tokens are forgotten."""
+        with self._lock:
+            self._sessions.pop(session.id, None)
+        session.forget_password()
+        session.logins = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def shutdown(self) -> None:
+        """Forget every session (the network is stopping)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            session.forget_password()
+            session.logins = {}
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- calling a domain as the analyst ----------------------------------------------
+
+    def token(self, session: NetworkSession, link: DomainLink) -> str:
+        """The analyst's token at ``link``: logs in now if the domain was down at login.
+
+        Raises the domain's refusal (naming it) if it rejected the credentials.
+        """
+        with session.lock(link.name):
+            login = session.logins.get(link.name)
+            if login is not None and login.state == "ok" and login.token:
+                return login.token
+            if login is not None and login.state == "rejected":
+                raise DomainRejected(login.message)
+            return self._relogin(session, link)
+
+    def _relogin(self, session: NetworkSession, link: DomainLink) -> str:
+        """Log in at ``link`` again (the caller holds the session's lock of ``link``)."""
+        password = session._password
+        if password is None:
+            raise AuthenticationError("Your network session was closed: log in again.")
+        login = self._login_one(link, session.user, password)
+        session.logins[link.name] = login
+        if login.state == "ok" and login.token:
+            return login.token
+        if login.state == "rejected":
+            raise DomainRejected(login.message)
+        if login.state == "timeout":
+            raise DomainTimeout(login.message)
+        raise DomainDown(login.message)
+
+    def call(self, session: NetworkSession, link: DomainLink, fn: Callable[[str], T]) -> T:
+        """``fn(token)`` with the analyst's token at ``link``.
+
+        If the domain no longer accepts the token (it expired there), the session
+        logs in again with the kept password and calls ``fn`` once more.
+        """
+        token = self.token(session, link)
+        try:
+            return fn(token)
+        except DomainRejected:
+            with session.lock(link.name):
+                current = session.logins.get(link.name)
+                if current is not None and current.token not in (None, token):
+                    fresh = current.token  # another call logged in meanwhile
+                else:
+                    fresh = self._relogin(session, link)
+            assert fresh is not None
+            return fn(fresh)
+
+
+def _rejected_message(name: str, exc: StockadeError) -> str:
+    if exc.message.startswith(f"domain '{name}'"):
+        return exc.message
+    return f"domain '{name}' rejected your credentials: {exc.message}"
+
+
+def _session_id(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- Flight middleware
+
+
+class NetworkMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
+    """The caller of one call: their session (None for an anonymous call) and headers."""
+
+    def __init__(self, session: NetworkSession | None, token: str | None = None, *,
+                 headers: Mapping[str, str | None] | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.token = token
+        self.headers = dict(headers or {})
+
+    def sending_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def __repr__(self) -> str:  # never print the token
+        user = self.session.user if self.session else None
+        return f"NetworkMiddleware(user={user!r})"
+
+
+def _first(headers: Mapping[str, Any], key: str) -> str | None:
+    value = headers.get(key)
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value
+
+
+class NetworkAuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
+    """Basic → log in to the domains and issue a network token; Bearer → the session.
+
+    A call without credentials goes through as anonymous: the server refuses
+    everything to it but the network's status and the list of actions.
+    """
+
+    def __init__(self, sessions: Sessions) -> None:
+        super().__init__()
+        self.sessions = sessions
+
+    def start_call(self, info: flight.CallInfo, headers: Mapping[str, Any]) -> NetworkMiddleware:
+        try:
+            return self._start(headers)
+        except Exception as exc:
+            raise to_flight_error(exc) from None
+
+    def _start(self, headers: Mapping[str, Any]) -> NetworkMiddleware:
+        options = {name: _first(headers, name)
+                   for name in (DIALECT_HEADER, EPSILON_HEADER, PARTIAL_HEADER)}
+        value = _first(headers, "authorization")
+        if not value or not value.strip():
+            return NetworkMiddleware(None, headers=options)
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            return NetworkMiddleware(self.sessions.find(credentials.strip()), headers=options)
+        if scheme.lower() == "basic":
+            user, password = decode_basic(credentials)
+            token, session = self.sessions.login(user, password)
+            return NetworkMiddleware(session, token, headers=options)
+        raise AuthenticationError(MALFORMED_HEADER)
+
+
+def session_of(context: flight.ServerCallContext, key: str) -> NetworkSession:
+    """The caller's session; unauthenticated error for an anonymous call."""
+    middleware = context.get_middleware(key)
+    if not isinstance(middleware, NetworkMiddleware) or middleware.session is None:
+        raise AuthenticationError(AUTH_REQUIRED)
+    return middleware.session
+
+
+def headers_of(context: flight.ServerCallContext, key: str) -> dict[str, str | None]:
+    middleware = context.get_middleware(key)
+    return middleware.headers if isinstance(middleware, NetworkMiddleware) else {}
