@@ -4,7 +4,10 @@ Both servers run as separate processes on loopback and stream the same DuckDB
 reader over the same Parquet file; the client is pyarrow's Flight client in this
 process. Figures are reported as ratios (gateway / baseline) and written to
 docs/benchmarks.md with a plot. Then the policy overhead (`bench/policy_overhead.py`):
-planning a simple and a complex query against DuckDB running the plan, on the demo data.
+planning a simple and a complex query against DuckDB running the plan, on the demo data;
+dp against SmartNoise (`bench/dp.py`); and federated queries through a network node over
+1, 2, 4 and 8 domains (`bench/federation.py`). ``--only federation`` runs the last one
+alone and rewrites only its section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pyarrow.flight as flight
 from google.protobuf import any_pb2
 
 from bench import dp as dp_bench
-from bench import policy_overhead
+from bench import federation, policy_overhead
 from gateway.flightsql import flight_sql_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dp-repeats", type=int, default=5)
     parser.add_argument("--overhead-n", type=int, default=30,
                         help="timed runs per query for the policy overhead")
+    parser.add_argument("--federation-rows", type=int, default=200_000,
+                        help="screenings per domain of the federation benchmark")
+    parser.add_argument("--federation-n", type=int, default=50,
+                        help="timed runs per figure of the federation benchmark")
+    parser.add_argument("--federation-warmup", type=int, default=10)
+    parser.add_argument("--only", choices=("federation",),
+                        help="run only this part and rewrite only its section of "
+                             "docs/benchmarks.md")
     args = parser.parse_args(argv)
+
+    if args.only == "federation":
+        fed = run_federation(args)
+        path = DOCS / "benchmarks.md"
+        document = path.read_text() if path.exists() else "# Benchmarks\n"
+        path.write_text(federation.splice(document, federation.markdown(fed)))
+        print(federation.markdown(fed))
+        return 0
 
     data = make_data(args.scale)
     work = RESULTS / "domain"
@@ -195,8 +214,18 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=30)
     overhead = policy_overhead.measure(args.demo_rows, args.overhead_n)
     dp_results = [dp_bench.measure(rows, args.dp_repeats) for rows in args.dp_rows]
-    report(results, args.scale, overhead, args.demo_rows, dp_bench.markdown(dp_results))
+    fed = run_federation(args)
+    report(results, args.scale, overhead, args.demo_rows, dp_bench.markdown(dp_results),
+           federation.markdown(fed))
     return 0
+
+
+def run_federation(args: argparse.Namespace) -> federation.Federation:
+    print("federation: a network over 1, 2, 4 and 8 domains ...", flush=True)
+    fed = federation.measure(args.federation_rows, args.federation_n, args.federation_warmup)
+    DOCS.mkdir(exist_ok=True)
+    federation.plot(fed, DOCS / "benchmarks-federation.png")
+    return fed
 
 
 def plot_overhead(overhead: list[policy_overhead.Overhead]) -> None:
@@ -219,7 +248,8 @@ def plot_overhead(overhead: list[policy_overhead.Overhead]) -> None:
 
 
 def report(r: dict[str, float], scale: float,
-           overhead: list[policy_overhead.Overhead], demo_rows: int, dp_rows: str) -> None:
+           overhead: list[policy_overhead.Overhead], demo_rows: int, dp_rows: str,
+           federation_section: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,7 +318,9 @@ engine, noise, and the durable budget charge — against the same plain aggregat
 DuckDB and against SmartNoise SQL driven directly on the same data (its own reader
 over DuckDB, no caching), side by side in one run (`bench/dp.py`).
 
-{dp_rows}"""
+{dp_rows}
+
+{federation_section}"""
     (DOCS / "benchmarks.md").write_text(text)
     print(text)
 

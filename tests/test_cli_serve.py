@@ -117,9 +117,22 @@ def test_serve_reports_a_bad_policy_without_traceback(tmp_path: Path):
     assert "Traceback" not in proc.stderr
 
 
-def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
+def _rows(url: str, user: str, password: str, sql: str) -> list[tuple[object, ...]]:
     import adbc_driver_flightsql.dbapi as flight_sql
 
+    conn = flight_sql.connect(url, autocommit=True,
+                              db_kwargs={"username": user, "password": password})
+    try:
+        cur = conn.cursor()
+        cur.execute(sql)
+        rows = cur.fetchall()
+        cur.close()
+        return rows
+    finally:
+        conn.close()
+
+
+def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
     proc = subprocess.Popen(
         [*STOCKADE, "demo", "--dir", str(tmp_path), "--port", "0", "--rows", "4000",
          "--console-port", "0"],
@@ -133,28 +146,48 @@ def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
             if "Press Ctrl-C" in line:
                 break
         text = "".join(lines)
-        url = re.search(r"^st_marys listening on (grpc://127\.0\.0\.1:\d+)$", text, re.M)
+        urls = dict(re.findall(r"^(\w+) listening on (grpc://127\.0\.0\.1:\d+)$", text, re.M))
         logins = dict(
             (m.group(1), m.group(2)) for m in re.finditer(r"^login: (\S+) (\S+) \S+$", text, re.M)
         )
-        assert url and {"owner", "rita", "carl"} <= set(logins), text
+        assert {"st_marys", "city_general", "network"} <= set(urls), text
+        assert len(set(urls.values())) == len(urls), text  # every service on its own port
+        assert {"owner", "rita", "carl"} <= set(logins), text
         assert "jdbc:arrow-flight-sql://" in text
+        assert "FROM federated.oncology.screenings GROUP BY" in text
+        assert "FROM st_marys.oncology.screenings" in text
         console = re.search(r"^console listening on (http://127\.0\.0\.1:\d+)", text, re.M)
         assert console, text
         with urllib.request.urlopen(console.group(1) + "/_stcore/health", timeout=10) as answer:
             assert answer.status == 200
-        conn = flight_sql.connect(url.group(1), autocommit=True,
-                                  db_kwargs={"username": "carl", "password": logins["carl"]})
-        cur = conn.cursor()
-        cur.execute("SELECT DISTINCT site FROM oncology.screenings")
-        assert cur.fetchall() == [("north",)]
-        cur.close()
-        conn.close()
+        carl = _rows(urls["st_marys"], "carl", logins["carl"],
+                     "SELECT DISTINCT site FROM oncology.screenings")
+        assert carl == [("north",)]
+
+        # Through the network: a federated GROUP BY equals the sum of each domain's answer.
+        by_test = "SELECT test, count(*) AS n FROM {} GROUP BY test ORDER BY test"
+        expected: dict[str, int] = {}
+        for name in ("st_marys", "city_general"):
+            for test, n in _rows(urls[name], "rita", logins["rita"],
+                                 by_test.format("oncology.screenings")):
+                expected[str(test)] = expected.get(str(test), 0) + int(n)  # type: ignore[call-overload]
+        federated = _rows(
+            urls["network"], "rita", logins["rita"],
+            "SELECT test, count(*) AS n, avg(age) AS mean_age "
+            "FROM federated.oncology.screenings GROUP BY test ORDER BY test")
+        assert {str(r[0]): int(r[1]) for r in federated} == expected  # type: ignore[call-overload]
+        assert [r[-1] for r in federated] == [2] * len(expected)  # domain_count per group
+        assert len(expected) == 4 and all(n > 0 for n in expected.values())
+        routed = _rows(urls["network"], "rita", logins["rita"],
+                       by_test.format("st_marys.oncology.screenings"))
+        assert routed == _rows(urls["st_marys"], "rita", logins["rita"],
+                               by_test.format("oncology.screenings"))
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    assert "demo stopped" in out
 
 
 def test_policy_check_reports_ok_and_errors(test_root: Path, tmp_path: Path):
