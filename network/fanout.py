@@ -33,6 +33,7 @@ from gateway.errors import (
     UnavailableError,
 )
 from gateway.flightsql.server import TableInfo
+from gateway.policy_state import LruCache
 from network.auth import NetworkSession, Sessions
 from network.catalog import Catalogs, federated_tables, holders
 from network.config import FEDERATED
@@ -116,6 +117,7 @@ class Federation:
         self.links = dict(links)
         self.pool = pool
         self.is_down = is_down
+        self._schemas: LruCache[tuple[Any, ...], pa.Schema] = LruCache(1024)
 
     def _participants(self, session: NetworkSession, plan: Plan, partial: bool
                       ) -> tuple[list[str], dict[str, str], dict[str, StockadeError]]:
@@ -182,7 +184,14 @@ class Federation:
         if failed and not options.partial or not parts:
             raise combined_error(_ordered(failed, self.links)) if failed else \
                 UnavailableError("No domain could describe the federated query")
-        return plan.merge(parts).schema
+        # The merged schema depends only on the plan and the parts' schemas: ADBC asks
+        # for it at every prepare, and a merge costs milliseconds.
+        key = (sql, tuple((name, part.schema.serialize().to_pybytes()) for name, part in parts))
+        cached = self._schemas.get(key)
+        if cached is None:
+            cached = plan.merge(parts).schema
+            self._schemas.put(key, cached)
+        return cached
 
 
 def _part(link: DomainLink, sql: str) -> Any:
