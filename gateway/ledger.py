@@ -55,7 +55,11 @@ def to_units(value: float, unit: int) -> int:
     (100000000000, 300000000000)
     """
     exact = Decimal(repr(float(value))) * unit
-    return int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
+    units = int(exact.to_integral_value(rounding=ROUND_HALF_EVEN))
+    if units >= 2**62:  # SQLite integers are 64-bit; sums of amounts must fit too
+        raise InputError(f"A privacy amount of {value:g} is too large to account exactly "
+                         f"(at most {2**62 // unit:,} per amount).")
+    return units
 
 
 def _eps(units: int) -> float:

@@ -605,9 +605,17 @@ def _table_grant(node: _Node, context: _Context) -> TableGrant:
     )
 
 
+#: The largest ε a budget may hold: ε is kept in 1e-12 units in a 64-bit integer.
+MAX_BUDGET_EPSILON = 1_000_000.0
+
+
 def _budget(node: _Node) -> Budget:
     e = node.mapping(("epsilon", "delta"), required=("epsilon",))
     delta = _opt(e, "delta", lambda n: n.as_number(nonnegative=True)) or 0.0
     if delta >= 1:
         raise e["delta"].error(f"delta must be below 1, got {delta}")
-    return Budget(epsilon=e["epsilon"].as_number(positive=True), delta=delta)
+    epsilon = e["epsilon"].as_number(positive=True)
+    if epsilon > MAX_BUDGET_EPSILON:
+        raise e["epsilon"].error(f"epsilon must be at most {MAX_BUDGET_EPSILON:g} "
+                                 f"(budgets are kept exactly, in integer units), got {epsilon:g}")
+    return Budget(epsilon=epsilon, delta=delta)

@@ -416,3 +416,20 @@ def test_a_starting_domain_applies_the_policys_caps(env: DpEnv, tmp_path: Path) 
         assert domain.ledger.dataset_caps() == {}
     finally:
         domain.close()
+
+
+@pytest.mark.parametrize(("sql", "arrow_type"), [
+    ("SELECT ROUND(AVG(cost), 2) AS c FROM visits", pa.float64()),
+    ("SELECT SUM(cost)::int AS c FROM visits", pa.int64()),
+    ("SELECT CAST(SUM(cost) AS DOUBLE) / COUNT(*) AS c FROM visits", pa.float64()),
+    ("SELECT CAST(COUNT(*) AS BIGINT) AS c FROM visits", pa.int64()),
+])
+def test_casts_and_rounding_keep_numeric_types(env: DpEnv, sql: str,
+                                               arrow_type: pa.DataType) -> None:
+    # DuckDB's type names (DOUBLE, BIGINT, ::int) are what analysts and dataframe
+    # libraries write; SmartNoise's parser knows FLOAT and INTEGER only.
+    table = env.run(sql)
+    assert table.schema.field("c").type == arrow_type
+    assert env.dp.result_schema(env.plan(sql)).field("c").type == arrow_type
+    (value,) = table.column("c").to_pylist()
+    assert isinstance(value, float if pa.types.is_floating(arrow_type) else int)

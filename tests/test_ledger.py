@@ -14,7 +14,7 @@ import pyarrow.flight as flight
 import pytest
 from argon2 import PasswordHasher
 
-from gateway.errors import BudgetExhaustedError
+from gateway.errors import BudgetExhaustedError, InputError
 from gateway.flight_errors import to_flight_error
 from gateway.ledger import ASK_FOR_MORE, BudgetExceededError, Cost, Ledger, to_units
 from gateway.state import SCHEMA_VERSION, StateStore
@@ -212,3 +212,10 @@ def test_a_pyarrow_client_sees_permission_denied_with_what_is_left() -> None:
         client.close()
     finally:
         server.shutdown()
+
+
+def test_amounts_too_large_to_account_exactly_are_refused(store: StateStore) -> None:
+    ledger = Ledger(store)
+    with pytest.raises(InputError, match="too large to account exactly"):
+        ledger.set_allowance("alice", "health", 1e7)
+    assert ledger.balance("alice", "health", default=Budget(5.0)).allowance_epsilon == 5.0

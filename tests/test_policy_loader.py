@@ -115,6 +115,8 @@ def replace(old: str, new: str) -> str:
         (replace("min_group_size: 10", "min_group_size: 0"), "Expected a number >= 1"),
         (replace(", min_group_size: 10", ""), "'aggregate' mode on 'oncology.screenings' needs"),
         (replace("budget: {epsilon: 3.0, delta: 1.0e-6}", "budget: {epsilon: -1}"), "> 0"),
+        (replace("budget: {epsilon: 3.0, delta: 1.0e-6}", "budget: {epsilon: 1.0e+7}"),
+         "epsilon must be at most 1e+06"),
         (replace('row_filter: "consent"', 'row_filter: "consent AND ("'), "Invalid SQL"),
         (replace('row_filter: "consent"', "row_filter: \"getenv('x') = 1\""), "'getenv' is not"),
         (replace('row_filter: "consent"', "row_filter: \"site = '{user.site}'\""), "not be quoted"),

@@ -75,6 +75,36 @@ _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(),
                 "boolean": pa.bool_(), "datetime": pa.timestamp("us")}
 
 
+#: SmartNoise CAST target types → its own type names.
+_CAST_TYPES = {"INTEGER": "int", "FLOAT": "float", "BOOLEAN": "boolean", "VARCHAR": "string",
+               "NVARCHAR": "string", "CHAR": "string", "NCHAR": "string",
+               "TIMESTAMP": "datetime"}
+
+
+def _value_type(expression: Any) -> str:
+    """SmartNoise's type of an output expression, where SmartNoise itself does not know
+    it (ROUND and CAST answer 'unknown'): ROUND keeps its argument's type, CAST is its
+    target's."""
+    kind = type(expression).__name__
+    if kind == "RoundFunction":
+        return _value_type(expression.expression)
+    if kind == "CastFunction":
+        return _CAST_TYPES.get(str(expression.dbtype).upper(), "string")
+    try:
+        return str(expression.type())
+    except Exception:  # a SmartNoise node without a type  # noqa: BLE001
+        return "unknown"
+
+
+def _as_type(values: list[Any], arrow_type: pa.DataType) -> list[Any]:
+    """SmartNoise hands ROUND and CAST results back as text: make them numbers."""
+    if pa.types.is_integer(arrow_type):
+        return [round(float(v)) if isinstance(v, str) else v for v in values]
+    if pa.types.is_floating(arrow_type):
+        return [float(v) if isinstance(v, str) else v for v in values]
+    return values
+
+
 @dataclass(frozen=True)
 class DpPlan:
     """A checked ``dp`` query for one principal at one ε and δ."""
@@ -601,7 +631,7 @@ def _to_arrow(private: _Private, rows: list[Any], plan: DpPlan) -> pa.Table:
     summary = []
     for i, (output, symbol) in enumerate(zip(plan.query.outputs, outer._select_symbols,
                                              strict=True)):
-        arrow_type = _ARROW_TYPES.get(symbol.expression.type(), pa.string())
+        arrow_type = _ARROW_TYPES.get(_value_type(symbol.expression), pa.string())
         meta: dict[str, str] = {}
         if output.noisy:
             ne = outer.select.namedExpressions[i]
@@ -620,7 +650,8 @@ def _to_arrow(private: _Private, rows: list[Any], plan: DpPlan) -> pa.Table:
                                 "scale": scales, "ci95_half_width": widths,
                                 "derived": len(mechs) > 1})
         fields.append(pa.field(output.name, arrow_type, metadata=meta or None))
-    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, fields, strict=True)]
+    arrays = [pa.array(_as_type(col, f.type), type=f.type)
+              for col, f in zip(columns, fields, strict=True)]
     schema = pa.schema(fields, metadata={META + "columns": json.dumps(summary),
                                          META + "epsilon": repr(plan.epsilon),
                                          META + "delta": repr(plan.delta)})

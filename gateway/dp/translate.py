@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 
 from gateway.errors import InputError, SqlError
 from policy.access import TableAccess, visible_columns
@@ -61,6 +62,20 @@ _WRITE = "write COUNT(*), COUNT(col), SUM(col), AVG(col), VARIANCE(col) or STDDE
 
 class DpQueryError(SqlError):
     """A query that ``dp`` mode cannot answer; the message says what to write."""
+
+
+class SmartNoiseSql(Postgres):
+    """PostgreSQL as SmartNoise's parser reads it: its CAST takes only FLOAT, INTEGER,
+    VARCHAR, BOOLEAN, DATE, TIME and TIMESTAMP (``CAST(x AS DOUBLE)`` or ``x::int`` from
+    the analyst become FLOAT and INTEGER)."""
+
+    class Generator(Postgres.Generator):
+        TYPE_MAPPING = {
+            **Postgres.Generator.TYPE_MAPPING,
+            **{t: "FLOAT" for t in exp.DataType.REAL_TYPES},
+            **{t: "INTEGER" for t in exp.DataType.INTEGER_TYPES},
+            **{t: "VARCHAR" for t in exp.DataType.TEXT_TYPES},
+        }
 
 
 def _refuse(message: str, node: exp.Expr | None = None) -> DpQueryError:
@@ -257,7 +272,7 @@ def translate(
         else:
             translated = tr.noisy(body, "Column")
             outputs.append(OutputColumn(name, noisy=True))
-            items.append(f"{translated.sql(dialect='postgres')} AS c{i}")
+            items.append(f"{translated.sql(dialect=SmartNoiseSql)} AS c{i}")
     by_name = {o.name: f"c{i}" for i, o in enumerate(outputs)}
 
     def post(node: exp.Expr, what: str) -> str:
@@ -269,8 +284,8 @@ def translate(
         node = node.copy().transform(to_output)
         if all(c.name in by_name.values() for c in node.find_all(exp.Column)) \
                 and not node.find(exp.AggFunc):
-            return node.sql(dialect="postgres")
-        return tr.noisy(node, what).sql(dialect="postgres")
+            return node.sql(dialect=SmartNoiseSql)
+        return tr.noisy(node, what).sql(dialect=SmartNoiseSql)
 
     sql = f"SELECT {', '.join(items)} FROM {RELATION}"
     if group:
