@@ -39,9 +39,9 @@ WIDTH = 1400
 @contextmanager
 def demo_domain(root: Path, rows: int) -> Iterator[str]:
     """A demo domain over ``rows`` screenings; yields its URL."""
-    from gateway.demo import DEMO_POLICY, DEMO_USERS, generate
     from gateway.serve import start_server
     from gateway.settings import load_settings
+    from tests.sample_domain import DEMO_POLICY, DEMO_USERS, generate
 
     generate(root, rows)
     (root / "policy.yaml").write_text(DEMO_POLICY)

@@ -94,7 +94,7 @@ os.environ.setdefault("STOCKADE_TEST_SALT", TEST_SALT)
 
 def write_test_data(root: Path, *, screenings: int = 20_000) -> None:
     """The test domain's sources: every connector format, small except bulk.numbers."""
-    from gateway.demo import generate
+    from tests.sample_domain import generate
 
     generate(root, screenings)
     data = root / "data"
