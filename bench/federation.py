@@ -1,8 +1,8 @@
 """Federated query latency: a network over 1, 2, 4 and 8 domains against one domain alone.
 
 Eight domain gateways (``stockade serve``, each its own process, one DuckDB
-thread each) serve the same-shaped data: the demo's screenings
-(``gateway.demo.generate``, ``--federation-rows`` rows, generated once and kept
+thread each) serve the same-shaped data: synthetic screenings
+(:mod:`bench.screenings`, ``--federation-rows`` rows, generated once and kept
 under bench/results/), each domain with its own policy and state store, the
 bench user reading ``oncology`` in ``raw`` mode. A network node (``stockade
 network``, its own process) is started over the first 1, 2, 4 and 8 of them in
@@ -21,8 +21,8 @@ Every process shares this machine's cores: with 8 domains the domains' work,
 which on a real network runs on 8 machines at once, here competes for the same
 cores, so the ratio at 8 domains is an upper bound of the network's own cost.
 
-``python -m bench --only federation`` runs this part alone and rewrites its
-section of docs/benchmarks.md.
+``python -m bench --only federation`` runs this part alone and rewrites
+docs/benchmarks.md with its new figures.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,22 @@ class Federation:
     points: list[Point]
 
 
+def to_json(result: Federation) -> dict[str, Any]:
+    return asdict(result)
+
+
+def from_json(data: dict[str, Any]) -> Federation:
+    points = [Point(**p) for p in data["points"]]
+    return Federation(**{**data, "points": points})
+
+
+def headlines(data: dict[str, Any]) -> list[tuple[str, float, str]]:
+    result = from_json(data)
+    return [(f"federation: federated / slowest domain alone, {p.domains} domain(s), p50",
+             p.ratio, f"≤ {GOAL:g}" if p.domains == max(DOMAIN_COUNTS) else "")
+            for p in result.points if p.domains in (1, max(DOMAIN_COUNTS))]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -110,7 +126,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def make_data(rows: int) -> Path:
     """The screenings every domain serves (generated once per size)."""
-    from gateway.demo import generate
+    from bench.screenings import generate
 
     directory = RESULTS / f"federation-{rows}"
     path = directory / "data" / "screenings.parquet"
@@ -257,12 +273,13 @@ def measure(rows: int = 200_000, n: int = 50, warmup: int = 10,
     return Federation(rows, n, warmup, per_domain, alone_p50, points)
 
 
-def plot(result: Federation, path: Path) -> None:
+def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    result = from_json(data)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     xs = list(range(len(result.points)))
     labels = [str(p.domains) for p in result.points]
@@ -285,10 +302,12 @@ def plot(result: Federation, path: Path) -> None:
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
-def markdown(result: Federation, image: str = "benchmarks-federation.png") -> str:
+def markdown(data: dict[str, Any]) -> str:
     """The section of docs/benchmarks.md."""
+    result = from_json(data)
     rows = "\n".join(
         f"| {p.domains} | {p.p50 * 1e3:.1f} ms | {p.p95 * 1e3:.1f} ms | "
         f"{p.slowest_alone_p50 * 1e3:.1f} ms | {p.slowest_alone_p95 * 1e3:.1f} ms | "
@@ -299,7 +318,7 @@ def markdown(result: Federation, image: str = "benchmarks-federation.png") -> st
 A federated GROUP BY through a network node over 1, 2, 4 and 8 domains, against the
 slowest of those domains answering its part of the query alone (`bench/federation.py`).
 Every domain is a `stockade serve` process with one DuckDB thread, serving
-{result.rows:,} synthetic screenings (the demo's generator) in `raw` mode; the network is a
+{result.rows:,} synthetic screenings (`bench/screenings.py`) in `raw` mode; the network is a
 `stockade network` process; the client is ADBC in the benchmark's process. The query:
 
 ```sql
@@ -330,16 +349,6 @@ Goal: at most {GOAL}× at 8 domains.
 """
 
 
-def splice(document: str, section: str) -> str:
-    """``document`` with its ``## Federation`` section replaced by ``section`` (or added)."""
-    start = document.find("\n## Federation")
-    if start < 0:
-        return document.rstrip("\n") + "\n\n" + section
-    end = document.find("\n## ", start + 1)
-    rest = "" if end < 0 else document[end:]
-    return document[:start + 1] + section + rest
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -349,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     args = parser.parse_args(argv)
     result = measure(args.rows, args.n, args.warmup)
-    print(markdown(result))
+    print(markdown(to_json(result)))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The cost of the policy: planning a query against running it, on the demo data.
+"""The cost of the policy: planning a query against running it, on synthetic screenings.
 
 For a simple and a complex query (a CTE and five joins across patients,
 screenings and derived tables, with filters and aggregates) this measures, in
@@ -6,9 +6,9 @@ one process and alternately:
 
 - ``plan``: :func:`policy.pipeline.plan_query` from the analyst's SQL text to the
   rewritten SQL (parse, resolve, check, qualify, rewrite, limit), with no plan
-  cache, for a researcher under the demo policy;
+  cache, for a researcher under the policy of :mod:`bench.screenings`;
 - ``execute``: DuckDB running that rewritten SQL to a complete Arrow table, on a
-  cursor of the same locked engine the gateway uses, over the demo Parquet files.
+  cursor of the same locked engine the gateway uses, over its Parquet files.
 
 Both are medians of ``n`` runs after warm-up; the ratio plan / execute is the
 policy's overhead relative to the work the query asks for.
@@ -24,12 +24,13 @@ import importlib.metadata
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from gateway.demo import DEMO_POLICY, generate
+from bench.screenings import POLICY, generate
 from gateway.domain import build_engine
 from policy.loader import load_policy
 from policy.pipeline import plan_query
@@ -103,14 +104,14 @@ class Overhead:
 
 
 def prepare(rows: int) -> Path:
-    """The demo domain (policy and data) with ``rows`` screenings, generated once."""
-    directory = RESULTS / f"demo-{rows}"
+    """A domain (policy and data) with ``rows`` screenings, generated once."""
+    directory = RESULTS / f"screenings-{rows}"
     marker = directory / "data" / f".rows-{rows}"
     if not marker.exists():
-        print(f"generating {rows:,} demo screenings in {directory / 'data'} ...", flush=True)
+        print(f"generating {rows:,} screenings in {directory / 'data'} ...", flush=True)
         generate(directory, rows)
         marker.touch()
-    (directory / "policy.yaml").write_text(DEMO_POLICY)
+    (directory / "policy.yaml").write_text(POLICY)
     return directory
 
 
@@ -152,6 +153,14 @@ def versions() -> str:
     return f"sqlglot {importlib.metadata.version('sqlglot')}, duckdb {duckdb.__version__}"
 
 
+def to_json(results: list[Overhead], rows: int) -> dict[str, Any]:
+    return {"rows": rows, "queries": [asdict(r) for r in results]}
+
+
+def from_json(data: dict[str, Any]) -> list[Overhead]:
+    return [Overhead(**q) for q in data["queries"]]
+
+
 def markdown_rows(results: list[Overhead]) -> str:
     """The rows of the "Policy overhead" table in docs/benchmarks.md."""
     return "\n".join(
@@ -161,13 +170,62 @@ def markdown_rows(results: list[Overhead]) -> str:
     )
 
 
+def markdown(data: dict[str, Any]) -> str:
+    """The policy overhead section of docs/benchmarks.md."""
+    results = from_json(data)
+    return f"""## Policy overhead
+
+The time `policy.pipeline.plan_query` takes from the analyst's SQL to the rewritten SQL
+(parse, resolve tables, check functions, qualify columns, rewrite, limit; no plan cache)
+against the time DuckDB takes to run that rewritten SQL to a complete Arrow table, on the
+synthetic patients and screenings of `bench/screenings.py` ({data['rows']:,} screenings,
+Parquet) under its policy for a researcher (a mask, a row filter, hidden columns), on a
+cursor of the gateway's locked engine. Medians of {results[0].n} runs each, alternately,
+after 3 warm-up runs (`bench/policy_overhead.py`).
+
+![policy overhead](benchmarks-policy.png)
+
+| query | plan_query, median | DuckDB execution, median | plan / execute | result rows |
+|---|---:|---:|---:|---:|
+{markdown_rows(results)}
+"""
+
+
+def headlines(data: dict[str, Any]) -> list[tuple[str, float, str]]:
+    return [(f"policy: plan / execute, {r.name} query", r.ratio, "") for r in from_json(data)]
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overhead = from_json(data)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names = [o.name for o in overhead]
+    width = 0.38
+    xs = range(len(names))
+    ax.bar([x - width / 2 for x in xs], [o.plan_ms for o in overhead], width,
+           label="plan_query (policy)", color="#2a6f97")
+    ax.bar([x + width / 2 for x in xs], [o.execute_ms for o in overhead], width,
+           label="DuckDB execution", color="#999999")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("ms (median)")
+    ax.set_title("Policy overhead on synthetic screenings", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.policy_overhead")
-    parser.add_argument("--rows", type=int, default=1_000_000, help="demo screenings")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="screenings")
     parser.add_argument("-n", type=int, default=30, help="timed runs per query")
     args = parser.parse_args(argv)
     results = measure(args.rows, args.n)
-    print(f"policy overhead on {args.rows:,} demo screenings ({versions()}), median of {args.n}")
+    print(f"policy overhead on {args.rows:,} screenings ({versions()}), median of {args.n}")
     print("| query | plan | execute | plan / execute | result rows |")
     print(markdown_rows(results))
     return 0
