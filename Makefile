@@ -32,7 +32,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy policy gateway connectors ui network
+	$(VENV)/bin/mypy policy gateway connectors ui network stockade
 
 proto: install
 	bash scripts/gen_proto.sh

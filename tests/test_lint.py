@@ -17,6 +17,6 @@ def test_ruff():
 
 def test_mypy():
     proc = subprocess.run([sys.executable, "-m", "mypy", "policy", "gateway", "connectors", "ui",
-                           "network"],
+                           "network", "stockade"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
