@@ -96,6 +96,10 @@ def _cmd_policy_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Rows ``stockade demo`` generates by default, over all hospitals and tables.
+DEMO_ROWS = 3_000_000
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -117,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.cli_audit import add_audit_parser
     from gateway.cli_budget import add_budget_parser
+    from gateway.cli_catalog import add_analyst_requests, add_catalog_parser
     from gateway.cli_console import add_console_parser
     from gateway.cli_network import add_network_parser
     from gateway.cli_policy_remote import add_policy_remote_commands
+    from gateway.cli_query import add_query_parser
     from gateway.cli_requests import add_requests_parser
     from gateway.cli_search import add_search_parser
     from gateway.cli_users import add_users_parser
@@ -128,9 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_parser(sub)
     add_budget_parser(sub)
     add_requests_parser(sub)
+    add_analyst_requests(sub)
     add_audit_parser(sub)
     add_console_parser(sub)
     add_search_parser(sub)
+    add_query_parser(sub)
+    add_catalog_parser(sub)
 
     policy = sub.add_parser("policy", help="work with policy files and a gateway's live policy")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
@@ -164,13 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=_cmd_policy_explain)
     add_policy_remote_commands(policy_sub)
 
-    demo = sub.add_parser("demo", help="generate sample data and run a demo domain")
+    demo = sub.add_parser(
+        "demo", help="run three demo hospitals, their network and a console",
+        description="Generate synthetic data for three hospitals (cached in --dir), write their "
+                    "policies, start their domain gateways, a network node and the first "
+                    "hospital's console, and print the URLs, the demo logins and how to "
+                    "connect. Ctrl-C stops everything.")
     demo.add_argument("--dir", default=os.environ.get("STOCKADE_DEMO_DIR", "demo-data"),
                       help="where to write the demo's data, policy and state (default: demo-data)")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8815, help="0 picks any free port")
-    demo.add_argument("--rows", type=int, default=1_000_000,
-                      help="rows of screenings to generate (default: 1,000,000)")
+    demo.add_argument("--port", type=int, default=8815,
+                      help="port of the first hospital; the others and the network follow "
+                           "(default: 8815; 0 picks free ports for all)")
+    demo.add_argument("--rows", type=int, default=DEMO_ROWS,
+                      help="rows to generate over the three hospitals' tables "
+                           f"(default: {DEMO_ROWS:,})")
     demo.add_argument("--console-port", type=int, default=8501,
                       help="port of the owner's web console (default: 8501; 0 picks a free one)")
     demo.add_argument("--no-console", action="store_true", help="do not start the console")

@@ -424,3 +424,7 @@ def add_budget_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     charges.add_argument("--format", choices=("table", "json"), default="table")
     _common(charges, policy_help="")
     charges.set_defaults(func=cmd_charges)
+
+    from gateway.cli_catalog import add_budget_mine
+
+    add_budget_mine(commands)

@@ -134,7 +134,7 @@ def _rows(url: str, user: str, password: str, sql: str) -> list[tuple[object, ..
 
 def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
     proc = subprocess.Popen(
-        [*STOCKADE, "demo", "--dir", str(tmp_path), "--port", "0", "--rows", "4000",
+        [*STOCKADE, "demo", "--dir", str(tmp_path), "--port", "0", "--rows", "12000",
          "--console-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
     )
@@ -147,40 +147,46 @@ def test_demo_runs_and_prints_how_to_connect(tmp_path: Path):
                 break
         text = "".join(lines)
         urls = dict(re.findall(r"^(\w+) listening on (grpc://127\.0\.0\.1:\d+)$", text, re.M))
-        logins = dict(
-            (m.group(1), m.group(2)) for m in re.finditer(r"^login: (\S+) (\S+) \S+$", text, re.M)
-        )
-        assert {"st_marys", "city_general", "network"} <= set(urls), text
+        assert set(urls) == {"st_marys", "city_general", "riverside", "network"}, text
         assert len(set(urls.values())) == len(urls), text  # every service on its own port
-        assert {"owner", "rita", "carl"} <= set(logins), text
+        logins = re.findall(r"^login: (\S+) (\S+) (\S+)  \(domains: ([\w, ]+)\)$", text, re.M)
+        by_domain = {(user, domain): (password, role) for user, password, role, domains in logins
+                     for domain in domains.split(", ")}
+        for hospital in ("st_marys", "city_general", "riverside"):
+            assert by_domain[("owner", hospital)][1] == "owner", text
+            assert by_domain[("ann", hospital)] == ("ann-demo-pw", "analyst"), text
+            assert by_domain[("rita", hospital)][1] == "researcher", text
         assert "jdbc:arrow-flight-sql://" in text
+        assert "import stockade" in text and "stockade.connect(" in text
+        assert "stockade query --url " + urls["network"] in text
         assert "FROM federated.oncology.screenings GROUP BY" in text
-        assert "FROM st_marys.oncology.screenings" in text
+        assert "FROM riverside.oncology.screenings" in text
         console = re.search(r"^console listening on (http://127\.0\.0\.1:\d+)", text, re.M)
         assert console, text
         with urllib.request.urlopen(console.group(1) + "/_stcore/health", timeout=10) as answer:
             assert answer.status == 200
-        carl = _rows(urls["st_marys"], "carl", logins["carl"],
-                     "SELECT DISTINCT site FROM oncology.screenings")
-        assert carl == [("north",)]
+        owner = by_domain[("owner", "city_general")][0]
+        assert _rows(urls["city_general"], "owner", owner,
+                     "SELECT count(*) FROM oncology.visits")[0][0] > 0
 
-        # Through the network: a federated GROUP BY equals the sum of each domain's answer.
+        # Through the network: a federated GROUP BY equals the sum of each domain's answer
+        # (rita reads rows at two hospitals and aggregates over >= 20 patients at the third).
+        rita = by_domain[("rita", "st_marys")][0]
         by_test = "SELECT test, count(*) AS n FROM {} GROUP BY test ORDER BY test"
         expected: dict[str, int] = {}
-        for name in ("st_marys", "city_general"):
-            for test, n in _rows(urls[name], "rita", logins["rita"],
-                                 by_test.format("oncology.screenings")):
+        for name in ("st_marys", "city_general", "riverside"):
+            for test, n in _rows(urls[name], "rita", rita, by_test.format("oncology.screenings")):
                 expected[str(test)] = expected.get(str(test), 0) + int(n)  # type: ignore[call-overload]
         federated = _rows(
-            urls["network"], "rita", logins["rita"],
+            urls["network"], "rita", rita,
             "SELECT test, count(*) AS n, avg(age) AS mean_age "
             "FROM federated.oncology.screenings GROUP BY test ORDER BY test")
         assert {str(r[0]): int(r[1]) for r in federated} == expected  # type: ignore[call-overload]
-        assert [r[-1] for r in federated] == [2] * len(expected)  # domain_count per group
-        assert len(expected) == 4 and all(n > 0 for n in expected.values())
-        routed = _rows(urls["network"], "rita", logins["rita"],
-                       by_test.format("st_marys.oncology.screenings"))
-        assert routed == _rows(urls["st_marys"], "rita", logins["rita"],
+        assert [r[-1] for r in federated] == [3] * len(expected)  # domain_count per group
+        assert len(expected) == 5 and all(n > 0 for n in expected.values())
+        routed = _rows(urls["network"], "rita", rita,
+                       by_test.format("riverside.oncology.screenings"))
+        assert routed == _rows(urls["riverside"], "rita", rita,
                                by_test.format("oncology.screenings"))
     finally:
         proc.send_signal(signal.SIGINT)
