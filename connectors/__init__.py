@@ -5,7 +5,7 @@
 >>> get("parket")
 Traceback (most recent call last):
 ...
-gateway.errors.PolicyError: Unknown source format 'parket'. Did you mean 'parquet'? Known formats: arrow, csv, duckdb, json, parquet
+gateway.errors.PolicyError: Unknown source format 'parket'. Did you mean 'parquet'? Known formats: arrow, csv, duckdb, json, memory, parquet, postgres, sqlite
 """
 
 from __future__ import annotations
@@ -13,9 +13,15 @@ from __future__ import annotations
 from connectors.base import Connector, SourcePlan
 from connectors.duckdb_file import DUCKDB
 from connectors.files import ARROW, CSV, JSON, PARQUET
+from connectors.memory import MEMORY
+from connectors.postgres import POSTGRES
+from connectors.sqlite import SQLITE
 from gateway.errors import PolicyError, did_you_mean
 
-REGISTRY: dict[str, Connector] = {c.format: c for c in (PARQUET, CSV, JSON, ARROW, DUCKDB)}
+REGISTRY: dict[str, Connector] = {
+    c.format: c for c in (PARQUET, CSV, JSON, ARROW, DUCKDB, POSTGRES, SQLITE)
+}
+REGISTRY[MEMORY.format] = MEMORY
 
 
 def get(format: str) -> Connector:

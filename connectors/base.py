@@ -25,7 +25,11 @@ class SourcePlan:
     - ``allowed_paths`` / ``allowed_directories``: the only files the locked
       engine may still open (DuckDB's ``allowed_paths``/``allowed_directories``);
     - ``arrow``: an Arrow table to copy into the engine's own storage when the
-      data cannot be read in place (Arrow IPC files, in-process frames).
+      data cannot be read in place (Arrow IPC files, in-process frames);
+    - ``extensions``: DuckDB extensions the engine loads (from their pip wheels)
+      before ``setup``, e.g. ``postgres_scanner``;
+    - ``secrets``: text that must never appear in an error, status or log line
+      (a DSN, a password): the engine replaces it with the table's name.
     """
 
     select: str
@@ -34,6 +38,8 @@ class SourcePlan:
     allowed_directories: tuple[str, ...] = ()
     arrow: pa.Table | None = field(default=None, compare=False)
     description: str = ""
+    extensions: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 class Connector(Protocol):

@@ -349,6 +349,9 @@ def describe_source(source: Source, written: Any) -> str:
     >>> describe_source(Source("postgres", None, "public.visits", "postgresql://u:pw@db/h"),
     ...                 {"format": "postgres", "dsn": {"$env": "PG"}, "table": "public.visits"})
     'postgres public.visits'
+    >>> describe_source(Source("postgres", None, None, "host=db password=pw", "SELECT 1"),
+    ...                 {"format": "postgres", "dsn": "host=db password=pw", "query": "SELECT 1"})
+    'postgres (query)'
     """
     parts = [source.format]
     path = written.get("path") if isinstance(written, dict) else None
@@ -360,6 +363,8 @@ def describe_source(source: Source, written: Any) -> str:
         parts.append("(path not shown)")
     if source.table is not None:
         parts.append(source.table)
+    elif getattr(source, "query", None) is not None:
+        parts.append("(query)")
     return " ".join(parts)
 
 

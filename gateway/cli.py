@@ -27,7 +27,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.serve import serve
+    from gateway.serving import serve
 
     settings = load_settings(vars(args))
     return serve(settings)

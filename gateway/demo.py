@@ -103,7 +103,7 @@ def run_demo(directory: Path, *, host: str, port: int, rows: int,
     """
     from gateway.cli import install_stop_signals
     from gateway.cli_console import start_console, stop_console
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
     from network.config import load_config
     from network.serve import start_network

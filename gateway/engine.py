@@ -64,6 +64,48 @@ _VALUE_ERRORS = (
 )
 
 
+# Secrets of live engines' sources (a DSN, a password) -> table -> how many engines use it
+# (an engine being retired and its successor may serve the same table).
+_SECRETS: dict[str, dict[str, int]] = {}
+_SECRETS_LOCK = threading.Lock()
+_CANNOT_CONNECT = re.compile(r"Unable to connect to \w+ at (?:<[^>]*>|\S+): ?")
+
+
+def _register_secrets(plans: dict[tuple[str, str], SourcePlan], add: bool) -> None:
+    with _SECRETS_LOCK:
+        for (ds, table), plan in plans.items():
+            for secret in plan.secrets:
+                users = _SECRETS.setdefault(secret, {})
+                label = f"{ds}.{table}"
+                users[label] = users.get(label, 0) + (1 if add else -1)
+                if users[label] <= 0:
+                    del users[label]
+                if not users:
+                    del _SECRETS[secret]
+
+
+def redact(message: str) -> tuple[str, list[str]]:
+    """``message`` without any source secret, and the tables whose secret it held.
+
+    >>> _register_secrets({("d", "t"): SourcePlan("", secrets=("postgresql://u:pw@h/x", "pw"))},
+    ...                   True)
+    >>> redact('Unable to connect to Postgres at "postgresql://u:pw@h/x": refused (pw)')
+    ('Unable to connect to Postgres at <the DSN of d.t>: refused (<secret>)', ['d.t'])
+    >>> _register_secrets({("d", "t"): SourcePlan("", secrets=("postgresql://u:pw@h/x", "pw"))},
+    ...                   False)
+    """
+    with _SECRETS_LOCK:
+        secrets = sorted(((k, set(v)) for k, v in _SECRETS.items()), key=lambda i: -len(i[0]))
+    tables: set[str] = set()
+    for secret, names in secrets:
+        if secret and secret in message:
+            tables.update(names)
+            label = ("<the DSN of " + ", ".join(sorted(names)) + ">"
+                     if len(secret) > 24 or "://" in secret or "=" in secret else "<secret>")
+            message = message.replace(f'"{secret}"', label).replace(secret, label)
+    return message, sorted(tables)
+
+
 def scrub_message(message: str, *, values: bool) -> str:
     """Drop DuckDB's echo of the SQL text and, if ``values``, every literal.
 
@@ -95,14 +137,24 @@ def engine_error(exc: BaseException, *, timeout_s: float | None = None) -> Stock
             else "Query was cancelled."
         )
     if isinstance(exc, duckdb.IOException | duckdb.PermissionException):
-        log.error("engine I/O error: %s", exc)
+        text, tables = redact(str(exc))
+        log.error("engine I/O error: %s", text)
+        if tables and _CANNOT_CONNECT.search(text):
+            reason = _CANNOT_CONNECT.sub("", text.split("\n", 1)[0]).removeprefix("IO Error: ")
+            named = ("Table " if len(tables) == 1 else "Tables ") + ", ".join(map(repr, tables))
+            return ConnectorError(
+                f"{named} cannot be read right now: cannot connect to "
+                f"{'its' if len(tables) == 1 else 'their'} database ({reason.strip()}). "
+                "The data owner has been told (see the server log)."
+            )
         return ConnectorError("A data source of this domain cannot be read right now; "
                               "the data owner has been told (see the server log).")
     if isinstance(exc, duckdb.OutOfMemoryException):
         return QueryFailedError("The query needs more memory than this domain allows; "
                                 "aggregate, filter or add a LIMIT.")
     if isinstance(exc, duckdb.Error):
-        return QueryFailedError(scrub_message(str(exc), values=isinstance(exc, _VALUE_ERRORS)))
+        return QueryFailedError(scrub_message(redact(str(exc))[0],
+                                              values=isinstance(exc, _VALUE_ERRORS)))
     raise exc
 
 
@@ -177,6 +229,7 @@ class Engine:
         self._watchdog = Watchdog()
         self._users = 0  # queries planning on or streaming from the engine (see retire)
         self._retired = False
+        self._secrets_registered = False
 
     # -- building -------------------------------------------------------------------
 
@@ -187,6 +240,15 @@ class Engine:
 
     def start(self) -> None:
         """Build the view database, reopen it read-only and lock it down."""
+        try:
+            self._start()
+        except BaseException:
+            if self._secrets_registered and self._con is None:
+                self._secrets_registered = False
+                _register_secrets(self._plans, False)
+            raise
+
+    def _start(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         db_path = self.work_dir / "engine.duckdb"
         temp_dir = self.work_dir / "engine-tmp"
@@ -195,9 +257,14 @@ class Engine:
         shutil.rmtree(temp_dir, ignore_errors=True)
         temp_dir.mkdir()
 
+        ext_dir = self.work_dir / "extensions"
+        _register_secrets(self._plans, True)
+        self._secrets_registered = True
         build = duckdb.connect(str(db_path), config={"autoload_known_extensions": False,
-                                                      "autoinstall_known_extensions": False})
+                                                      "autoinstall_known_extensions": False,
+                                                      "extension_directory": str(ext_dir)})
         try:
+            self._load_extensions(build, install=True)
             self._run_setup(build)
             for ds in sorted({ds for ds, _ in self._plans}):
                 build.execute(f"CREATE SCHEMA {identifier(ds)}")
@@ -212,10 +279,7 @@ class Engine:
                         build.execute(f"CREATE VIEW {name} AS {plan.select}")
                         build.execute(f"SELECT * FROM {name} LIMIT 0")
                 except duckdb.Error as exc:
-                    raise ConnectorError(
-                        f"Cannot read the source of table '{ds}.{table}' "
-                        f"({plan.description}): {scrub_message(str(exc), values=False)}"
-                    ) from None
+                    raise _source_error("read", ds, table, plan, exc) from None
             build.execute("CHECKPOINT")
         finally:
             build.close()
@@ -226,8 +290,10 @@ class Engine:
         con = duckdb.connect(str(db_path), read_only=True, config={
             "autoload_known_extensions": False,
             "autoinstall_known_extensions": False,
+            "extension_directory": str(ext_dir),
         })
         try:
+            self._load_extensions(con, install=False)
             self._run_setup(con)
             for statement in (
                 f"SET memory_limit = {string_literal(self.limits.memory_limit)}",
@@ -242,12 +308,36 @@ class Engine:
                 "SET lock_configuration = true",
             ):
                 con.execute(statement)
+        except ConnectorError:
+            con.close()
+            raise
         except (duckdb.Error, ValueError) as exc:
             con.close()
-            raise ConfigError(f"Cannot configure the engine: {exc}") from None
+            raise ConfigError(f"Cannot configure the engine: {redact(str(exc))[0]}") from None
         self._con = con
         # Warm the database: the first query on a fresh database is slow.
         self.cursor().execute("SELECT 1").fetchall()
+
+    def _load_extensions(self, con: duckdb.DuckDBPyConnection, *, install: bool) -> None:
+        """Load the extensions the sources need from their pip wheels (no network).
+
+        The build installs them into the engine's own extension directory; the
+        read-only engine loads them from there before it is locked (after which
+        no extension can be loaded).
+        """
+        names = sorted({name for plan in self._plans.values() for name in plan.extensions})
+        for name in names:
+            try:
+                if install:
+                    from duckdb_extensions import import_extension
+
+                    import_extension(name, con=con)
+                con.execute(f"LOAD {identifier(name)}")
+            except (ImportError, duckdb.Error) as exc:
+                raise ConnectorError(
+                    f"Cannot load the DuckDB extension '{name}' "
+                    f"(pip install duckdb-extension-{name.replace('_', '-')}): {exc}"
+                ) from None
 
     def _run_setup(self, con: duckdb.DuckDBPyConnection) -> None:
         for (ds, table), plan in self._plans.items():
@@ -255,16 +345,16 @@ class Engine:
                 try:
                     con.execute(statement)
                 except duckdb.Error as exc:
-                    raise ConnectorError(
-                        f"Cannot open the source of table '{ds}.{table}' "
-                        f"({plan.description}): {scrub_message(str(exc), values=False)}"
-                    ) from None
+                    raise _source_error("open", ds, table, plan, exc) from None
 
     def close(self) -> None:
         with self._lock:
             con, self._con = self._con, None
+            registered, self._secrets_registered = self._secrets_registered, False
         if con is not None:
             con.close()
+        if registered:
+            _register_secrets(self._plans, False)
         self._watchdog.stop()
 
     # -- retiring -------------------------------------------------------------------
@@ -468,6 +558,20 @@ class Engine:
         weakref.finalize(stream, end.if_unread).atexit = False
         return pa.RecordBatchReader.from_batches(reader.schema, stream)
 
+
+
+def _source_error(verb: str, ds: str, table: str, plan: SourcePlan,
+                  exc: duckdb.Error) -> ConnectorError:
+    """The error for a source that cannot be opened or read at build time, secrets removed."""
+    text, _ = redact(scrub_message(str(exc), values=False))
+    for secret in plan.secrets:
+        text = text.replace(secret, "<secret>")
+    if _CANNOT_CONNECT.search(text):
+        reason = _CANNOT_CONNECT.sub("", text.split("\n", 1)[0]).removeprefix("IO Error: ")
+        return ConnectorError(f"Table '{ds}.{table}' ({plan.description}): cannot connect "
+                              f"to its database ({reason.strip()})")
+    return ConnectorError(f"Cannot {verb} the source of table '{ds}.{table}' "
+                          f"({plan.description}): {text}")
 
 
 class _StreamEnd:

@@ -415,7 +415,7 @@ def _table(name: str, node: _Node, base: Path, context: _Context) -> Table:
 
 
 def _source(node: _Node, base: Path) -> Source:
-    e = node.mapping(("format", "path", "table", "dsn"), required=("format",))
+    e = node.mapping(("format", "path", "table", "dsn", "query"), required=("format",))
     fmt = e["format"].as_str()
     if fmt not in FORMATS:
         raise e["format"].error(
@@ -429,11 +429,19 @@ def _source(node: _Node, base: Path) -> Source:
         path = str((base / path).resolve())
     if fmt == "postgres" and "dsn" not in e:
         raise node.error("A 'postgres' source needs a 'dsn' (e.g. {\"$env\": PG_DSN})")
+    if fmt == "postgres" and ("table" in e) == ("query" in e):
+        raise node.error("A 'postgres' source needs either 'table: SCHEMA.TABLE' or "
+                         "'query: SELECT ...'")
+    if fmt == "sqlite" and "table" not in e:
+        raise node.error("A 'sqlite' source needs a 'table'")
+    if "query" in e and fmt != "postgres":
+        raise e["query"].error("Only a 'postgres' source takes a 'query'")
     return Source(
         format=fmt,
         path=path,
         table=_opt(e, "table", _Node.as_str),
         dsn=_opt(e, "dsn", _Node.as_secret),
+        query=_opt(e, "query", _Node.as_str),
     )
 
 

@@ -20,8 +20,8 @@ from types import MappingProxyType
 MODES = ("deny", "raw", "aggregate", "dp")
 
 #: Source formats a table may be read from (``postgres`` and ``sqlite`` through
-#: DuckDB's scanner extensions).
-FORMATS = ("parquet", "csv", "json", "arrow", "duckdb", "postgres", "sqlite")
+#: DuckDB's scanner extensions; ``memory`` from a frame given to ``gateway.serve``).
+FORMATS = ("parquet", "csv", "json", "arrow", "duckdb", "postgres", "sqlite", "memory")
 
 #: Formats whose ``path`` is a file relative to the policy file.
 FILE_FORMATS = ("parquet", "csv", "json", "arrow", "duckdb", "sqlite")
@@ -67,7 +67,8 @@ class Source:
     """Where a table's rows come from.
 
     ``path`` is absolute (resolved against the policy file's directory) for file
-    formats; ``table`` names a table inside a database source; ``dsn`` is a
+    formats; ``table`` names a table inside a database source (``query``, a
+    ``postgres`` source's SELECT, replaces it); ``dsn`` is a
     connection string (usually given as a ``{"$env": NAME}`` secret).
     """
 
@@ -75,6 +76,7 @@ class Source:
     path: str | None = None
     table: str | None = None
     dsn: str | None = None
+    query: str | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ WIDTH = 1400
 @contextmanager
 def demo_domain(root: Path, rows: int) -> Iterator[str]:
     """A demo domain over ``rows`` screenings; yields its URL."""
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
     from tests.sample_domain import DEMO_POLICY, DEMO_USERS, generate
 

@@ -147,7 +147,7 @@ def test_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def gateway(test_root: Path) -> Iterator[Gateway]:
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
 
     settings = load_settings({"policy": str(test_root / "policy.yaml"),

@@ -139,7 +139,7 @@ class RunningDomain:
 
 def start_domain(root: Path, name: str, *, users: bool = True) -> RunningDomain:
     """Write (if needed) and start domain ``name`` on loopback, with the test users."""
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
 
     policy = root / "policy.yaml"

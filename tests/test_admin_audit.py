@@ -98,7 +98,7 @@ class OwnGateway:
 @pytest.fixture
 def own_gateway(test_root: Path, tmp_path: Path) -> Iterator[OwnGateway]:
     """A fresh gateway over the session's data, with its own state store."""
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
 
     (tmp_path / "data").symlink_to(test_root / "data")

@@ -46,7 +46,7 @@ class OwnGateway:
         self.connections: list[Any] = []
 
     def start(self) -> None:
-        from gateway.serve import start_server
+        from gateway.serving import start_server
         from gateway.settings import load_settings
 
         os.environ.pop("STOCKADE_ADMIN_PASSWORD", None)

@@ -362,7 +362,7 @@ def test_requests_budget_and_mine(gateway, cli, analyst):  # type: ignore[no-unt
 
 @pytest.fixture(scope="module")
 def tls_gateway(test_root: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
     from tests.test_tls import _self_signed
 

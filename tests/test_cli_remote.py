@@ -428,7 +428,7 @@ def test_in_real_processes(gateway):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def own(test_root: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A TLS gateway over the test data with its own policy file and state."""
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
     from tests.test_tls import _self_signed
 

@@ -306,7 +306,7 @@ def test_search_needs_a_network(conn):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def tls_gateway(test_root: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[tuple[str, Path]]:
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
     from tests.test_tls import _self_signed
 

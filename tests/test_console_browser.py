@@ -63,7 +63,7 @@ def domain_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def domain_url(domain_root: Path) -> Iterator[str]:
     """A gateway of this test's own over the demo policy and a small sample of the data."""
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
     from tests.sample_domain import DEMO_POLICY, generate
 

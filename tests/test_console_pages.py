@@ -418,7 +418,7 @@ def test_audit_paging_and_bad_dates(gateway, owner):  # type: ignore[no-untyped-
 def own_gateway(test_root: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[str]:
     """A gateway of this module's own (its policy changes), over the session's data."""
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
     from tests.conftest import TEST_POLICY
 

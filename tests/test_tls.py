@@ -43,7 +43,7 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def tls_gateway(test_root: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from gateway.serve import start_server
+    from gateway.serving import start_server
     from gateway.settings import load_settings
 
     directory = tmp_path_factory.mktemp("tls")

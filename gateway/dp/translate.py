@@ -69,7 +69,7 @@ class SmartNoiseSql(Postgres):
     VARCHAR, BOOLEAN, DATE, TIME and TIMESTAMP (``CAST(x AS DOUBLE)`` or ``x::int`` from
     the analyst become FLOAT and INTEGER)."""
 
-    class Generator(Postgres.Generator):
+    class Generator(Postgres.Generator):  # type: ignore[valid-type,misc]
         TYPE_MAPPING = {
             **Postgres.Generator.TYPE_MAPPING,
             **{t: "FLOAT" for t in exp.DataType.REAL_TYPES},
