@@ -12,7 +12,9 @@ Parts (``--only NAME[,NAME]`` runs some of them; all by default):
   plain DuckDB (`bench/dp.py`);
 - ``concurrency``: 1, 4 and 16 analysts running a mix for a fixed time, gateway against
   bare Flight; fails on any failed query (`bench/concurrency.py`);
-- ``federation``: a network node over 1, 2, 4 and 8 domains (`bench/federation.py`).
+- ``federation``: a network node over 1, 2, 4 and 8 domains (`bench/federation.py`);
+- ``postgres``: a full-table SELECT through the postgres connector against the same
+  rows exported to Parquet, on a PostgreSQL 15 server it starts (`bench/postgres.py`).
 
 Each part's figures are recorded in bench/figures.json and docs/benchmarks.md is
 rewritten from it with its plots (`bench/report.py`).
@@ -29,6 +31,7 @@ from typing import Any
 
 from bench import concurrency, federation, latency, machine, policy_overhead, report, streaming
 from bench import dp as dp_bench
+from bench import postgres as postgres_bench
 from bench import servers as bench_servers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--federation-n", type=int, default=50,
                         help="timed runs per figure of the federation benchmark")
     parser.add_argument("--federation-warmup", type=int, default=10)
+    parser.add_argument("--postgres-rows", type=int, default=2_000_000,
+                        help="rows of the postgres connector benchmark's table")
+    parser.add_argument("--postgres-repeats", type=int, default=5)
     return parser
 
 
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if "federation" in selected:
         run("federation", lambda: federation.to_json(federation.measure(
             args.federation_rows, args.federation_n, args.federation_warmup)))
+    if "postgres" in selected:
+        run("postgres", lambda: postgres_bench.measure(args.postgres_rows, args.postgres_repeats))
     text = report.render(args.figures, args.docs)
     print(text)
     return 0

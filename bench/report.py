@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import concurrency, federation, latency, machine, policy_overhead, streaming
 from bench import dp as dp_bench
+from bench import postgres as postgres_bench
 
 KEEP = 5
 
@@ -31,6 +32,7 @@ PARTS: dict[str, tuple[ModuleType, str]] = {
     "dp": (dp_bench, "benchmarks-dp.png"),
     "concurrency": (concurrency, "benchmarks-concurrency.png"),
     "federation": (federation, "benchmarks-federation.png"),
+    "postgres": (postgres_bench, "benchmarks-postgres.png"),
 }
 
 
