@@ -1,0 +1,348 @@
+"""An engine that runs the policy-rewritten SQL on Apache Spark instead of DuckDB.
+
+:class:`SparkEngine` has the reading interface of :class:`gateway.engine.Engine`
+(``tables``, ``columns``, ``arrow_schema``, ``result_schema``, ``execute`` with a
+timeout, ``acquire``/``release``/``in_use``/``retire``), so the policy pipeline
+and the ``dp`` planner run unchanged over it:
+
+- each table is registered in Spark's catalog as ``dataset.table``: file
+  sources (``parquet``, ``csv``, ``json``) as external tables over their files
+  (nothing is copied); sources the connectors hand over as Arrow (``arrow``
+  files, in-process frames) as managed tables in the engine's own warehouse;
+- the SQL it is given is DuckDB SQL (what the policy pipeline produces); it is
+  transpiled by sqlglot to Spark SQL and the result comes back as Arrow;
+- once the tables are registered, Spark's direct file queries
+  (``SELECT * FROM parquet.`/path```) are turned off for the session.
+
+What Spark cannot lock like DuckDB (there is no ``lock_configuration``) is
+described in ``docs/scaling.md``: analyst SQL only ever reaches the engine
+after the policy rewrite, which only admits the registered tables.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+
+from connectors.base import SourcePlan
+from connectors.files import resolve_path
+from gateway.engine import scrub_message
+from gateway.errors import ConfigError, ConnectorError, QueryFailedError, QueryTimeoutError
+
+log = logging.getLogger("stockade.engine_spark")
+
+#: Source formats Spark reads in place, and the policy keys passed as reader options.
+SPARK_FORMATS: dict[str, tuple[str, ...]] = {
+    "parquet": (),
+    "csv": ("header", "delim"),
+    "json": (),
+}
+_OPTION_NAMES = {"delim": "sep"}
+_TAGS = itertools.count(1)
+_BACKTICK = re.compile(r"`(?:[^`]|``)*`")
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """Where Spark runs: a ``master`` URL (``local[2]``, ``spark://…``) or a Spark
+    Connect ``remote`` (``sc://host:port``)."""
+
+    master: str | None = "local[2]"
+    remote: str | None = None
+    app_name: str = "stockade"
+    shuffle_partitions: int = 4
+
+
+def spark_session(settings: SparkSettings) -> Any:
+    """The Spark session of ``settings`` (one per process and master)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(settings.app_name)
+    if settings.remote:
+        builder = builder.remote(settings.remote)
+    else:
+        builder = builder.master(settings.master or "local[2]")
+        builder = builder.config("spark.ui.enabled", "false")
+        builder = builder.config("spark.sql.shuffle.partitions",
+                                 str(settings.shuffle_partitions))
+    builder = builder.config("spark.sql.session.timeZone", "UTC")
+    return builder.getOrCreate()
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def to_spark(sql: str) -> str:
+    """DuckDB SQL (what the policy pipeline produces) as Spark SQL.
+
+    >>> to_spark('SELECT "a", COUNT(*) AS n FROM "d"."t" GROUP BY "a"')
+    'SELECT `a`, COUNT(*) AS n FROM `d`.`t` GROUP BY `a`'
+    """
+    try:
+        return sqlglot.transpile(sql, read="duckdb", write="spark")[0]
+    except sqlglot.errors.SqlglotError as exc:
+        raise QueryFailedError(f"This query cannot be run on Spark: {exc}") from None
+
+
+def duckdb_types(schema: pa.Schema) -> dict[str, str]:
+    """Column name → DuckDB type name of an Arrow schema (what the policy reads)."""
+    empty = schema.empty_table()  # noqa: F841 - read by DuckDB's replacement scan
+    con = duckdb.connect()
+    try:
+        rows = con.execute("DESCRIBE SELECT * FROM empty").fetchall()
+    finally:
+        con.close()
+    return {row[0]: row[1] for row in rows}
+
+
+def spark_error(exc: BaseException, *, timeout_s: float | None = None,
+                cancelled: bool = False) -> Exception:
+    """The Stockade error for an exception raised by Spark (values and SQL removed)."""
+    if cancelled:
+        return QueryTimeoutError(
+            f"Query stopped after {timeout_s:g} s, the time limit for your role. "
+            "Add filters or a LIMIT, or ask the data owner for a longer limit."
+            if timeout_s else "Query was cancelled.")
+    from pyspark.errors import PySparkException
+
+    if not isinstance(exc, PySparkException):
+        raise exc
+    text = str(exc).split("\n", 1)[0]
+    text = _BACKTICK.sub(lambda m: m.group(0) if len(m.group(0)) < 80 else "`…`", text)
+    # Spark quotes the SQL and may quote values: keep the first line, without literals.
+    return QueryFailedError("Spark: " + scrub_message(text, values=True))
+
+
+class _Cursor:
+    """The little of a DuckDB cursor :class:`gateway.dp.bounds.UnitBounds` uses."""
+
+    def __init__(self, engine: SparkEngine) -> None:
+        self._engine = engine
+        self._rows: list[tuple[Any, ...]] = []
+
+    def execute(self, sql: str) -> _Cursor:
+        table = self._engine.execute(sql).read_all()
+        columns = [c.to_pylist() for c in table.columns]
+        self._rows = list(zip(*columns, strict=True))
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return list(self._rows)
+
+    def close(self) -> None:
+        self._rows = []
+
+
+class SparkEngine:
+    """The tables of one domain registered in Spark, read through the policy pipeline."""
+
+    def __init__(self, work_dir: Path, settings: SparkSettings | None = None) -> None:
+        self.work_dir = Path(work_dir)
+        self.settings = settings or SparkSettings()
+        self._plans: dict[tuple[str, str], SourcePlan] = {}
+        self._sources: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._spark: Any = None
+        self._lock = threading.Lock()
+        self._users = 0
+        self._retired = False
+        self._columns: dict[tuple[str, str], dict[str, str]] = {}
+
+    # -- building -------------------------------------------------------------------
+
+    def add_table(self, dataset: str, table: str, plan: SourcePlan,
+                  source: Mapping[str, Any]) -> None:
+        """Register ``source`` (a policy ``source:`` mapping, paths resolved) as
+        ``dataset.table``; ``plan`` is its connector's plan (Arrow copies, file
+        fingerprints for :mod:`gateway.dp.bounds`)."""
+        if self._spark is not None:
+            raise RuntimeError("tables are added before the engine starts")
+        fmt = str(source.get("format"))
+        if plan.arrow is None and fmt not in SPARK_FORMATS:
+            raise ConfigError(
+                f"Table '{dataset}.{table}': the Spark engine reads sources of format "
+                f"{', '.join(sorted(SPARK_FORMATS))}, arrow and memory, not '{fmt}'")
+        self._plans[(dataset, table)] = plan
+        self._sources[(dataset, table)] = dict(source)
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        spark = spark_session(self.settings)
+        warehouse = self.work_dir / "spark-warehouse"
+        for ds in sorted({ds for ds, _ in self._plans}):
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(ds)} "
+                      f"LOCATION {_literal(str(warehouse / ds))}")
+        for (ds, table), plan in self._plans.items():
+            name = f"{_quote(ds)}.{_quote(table)}"
+            spark.sql(f"DROP TABLE IF EXISTS {name}")
+            try:
+                if plan.arrow is not None:
+                    spark.createDataFrame(plan.arrow).write.saveAsTable(f"{ds}.{table}")
+                else:
+                    spark.sql(self._create(name, self._sources[(ds, table)]))
+                spark.sql(f"SELECT * FROM {name} LIMIT 0").collect()
+            except Exception as exc:
+                raise ConnectorError(
+                    f"Cannot read the source of table '{ds}.{table}' on Spark "
+                    f"({plan.description}): {str(exc).splitlines()[0]}") from None
+        spark.conf.set("spark.sql.runSQLOnFiles", "false")
+        self._spark = spark
+        for key in self._plans:
+            self._columns[key] = duckdb_types(self.arrow_schema(*key))
+
+    @staticmethod
+    def _create(name: str, source: Mapping[str, Any]) -> str:
+        fmt = str(source["format"])
+        path, _ = resolve_path(source, Path("/"))
+        options = {"path": path}
+        if fmt == "csv":
+            options["header"] = "true" if source.get("header", True) else "false"
+            options["inferSchema"] = "true"
+        if fmt == "json":
+            options["multiLine"] = "false"
+        for key in SPARK_FORMATS[fmt]:
+            if key in source and key != "header":
+                options[_OPTION_NAMES.get(key, key)] = str(source[key])
+        opts = ", ".join(f"{_quote(k)} {_literal(v)}" for k, v in options.items())
+        return f"CREATE TABLE {name} USING {fmt} OPTIONS ({opts})"
+
+    def close(self) -> None:
+        with self._lock:
+            spark, self._spark = self._spark, None
+        if spark is not None:
+            for ds, table in self._plans:
+                try:
+                    spark.sql(f"DROP TABLE IF EXISTS {_quote(ds)}.{_quote(table)}")
+                except Exception:  # pragma: no cover - the session already stopped
+                    pass
+
+    # -- retiring (as gateway.engine.Engine) ----------------------------------------
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._spark is None:
+                raise RuntimeError("engine not started or already closed")
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            done = self._retired and self._users == 0
+        if done:
+            self._close_retired()
+
+    @contextmanager
+    def in_use(self) -> Iterator[SparkEngine]:
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def retire(self) -> None:
+        with self._lock:
+            self._retired = True
+            done = self._users == 0
+        if done:
+            self._close_retired()
+
+    @property
+    def retired(self) -> bool:
+        return self._retired
+
+    @property
+    def closed(self) -> bool:
+        return self._spark is None
+
+    def _close_retired(self) -> None:
+        self.close()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # -- reading --------------------------------------------------------------------
+
+    def cursor(self) -> _Cursor:
+        return _Cursor(self)
+
+    def tables(self) -> Sequence[tuple[str, str]]:
+        return list(self._plans)
+
+    def columns(self, dataset: str, table: str) -> dict[str, str]:
+        """Column name → DuckDB type name (as the DuckDB engine reports them)."""
+        return dict(self._columns[(dataset, table)])
+
+    def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
+        return self.result_schema(f'SELECT * FROM "{dataset}"."{table}"')
+
+    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+        """The Arrow schema of ``sql``'s result (Spark plans it, nothing is read)."""
+        if parameters:
+            raise QueryFailedError("Parameters are not supported on the Spark engine")
+        with self.in_use():
+            try:
+                schema: pa.Schema = self._spark.sql(to_spark(sql)).limit(0).toArrow().schema
+                return schema
+            except QueryFailedError:
+                raise
+            except Exception as exc:
+                raise spark_error(exc) from None
+
+    def execute(
+        self,
+        sql: str,
+        parameters: Sequence[Any] | None = None,
+        *,
+        timeout_s: float | None = None,
+        batch_rows: int = 65_536,
+        prefetch: int = 2,
+    ) -> pa.RecordBatchReader:
+        """Run ``sql`` on Spark; the result is collected on the driver as Arrow.
+
+        The timeout cancels the query's Spark jobs (by tag).
+        """
+        if parameters:
+            raise QueryFailedError("Parameters are not supported on the Spark engine")
+        spark_sql = to_spark(sql)
+        with self.in_use():
+            spark = self._spark
+            tag = f"stockade-{next(_TAGS)}"
+            cancelled = threading.Event()
+
+            def cancel() -> None:
+                cancelled.set()
+                spark.interruptTag(tag)
+
+            timer = threading.Timer(timeout_s, cancel) if timeout_s else None
+            spark.addTag(tag)
+            try:
+                if timer is not None:
+                    timer.daemon = True
+                    timer.start()
+                table = spark.sql(spark_sql).toArrow()
+            except Exception as exc:
+                raise spark_error(exc, timeout_s=timeout_s,
+                                  cancelled=cancelled.is_set()) from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                spark.removeTag(tag)
+        batches = table.to_batches(max_chunksize=batch_rows)
+        return pa.RecordBatchReader.from_batches(table.schema, iter(batches))
