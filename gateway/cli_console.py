@@ -54,10 +54,14 @@ def add_console_parser(sub: Any) -> None:
     console.add_argument("--tls-ca", metavar="FILE",
                          help="PEM of the CA to trust for a grpc+tls gateway with a private "
                               "certificate")
+    console.add_argument("--network", metavar="URL", default=os.environ.get("STOCKADE_NETWORK"),
+                         help="a network node whose domains' health the Network page shows "
+                              "(default: $STOCKADE_NETWORK)")
     console.set_defaults(func=run_console)
 
 
-def console_command(gateway: str, host: str, port: int, tls_ca: str | None = None) -> list[str]:
+def console_command(gateway: str, host: str, port: int, tls_ca: str | None = None,
+                    network: str | None = None) -> list[str]:
     """The Streamlit command line that serves the console."""
     command = [sys.executable, "-m", "streamlit", "run", str(APP),
                "--server.port", str(port), "--server.address", host,
@@ -67,6 +71,8 @@ def console_command(gateway: str, host: str, port: int, tls_ca: str | None = Non
                "--", "--gateway", gateway]
     if tls_ca:
         command += ["--tls-ca", tls_ca]
+    if network:
+        command += ["--network", network]
     return command
 
 
@@ -115,8 +121,8 @@ def stop_console(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def start_console(gateway: str, host: str, port: int, tls_ca: str | None = None
-                  ) -> tuple[subprocess.Popen[bytes], str]:
+def start_console(gateway: str, host: str, port: int, tls_ca: str | None = None,
+                  network: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Start the console for ``gateway`` and wait until it answers: (process, its URL).
 
     Stop it with :func:`stop_console`.
@@ -130,7 +136,7 @@ def start_console(gateway: str, host: str, port: int, tls_ca: str | None = None
         out: int | None = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a captured stderr without a file
         out = None
-    proc = subprocess.Popen(console_command(gateway, host, port, tls_ca),
+    proc = subprocess.Popen(console_command(gateway, host, port, tls_ca, network),
                             env=env, stdin=subprocess.DEVNULL, stdout=out)
     try:
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
@@ -146,7 +152,7 @@ def run_console(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    proc, url = start_console(args.gateway, args.host, args.port, args.tls_ca)
+    proc, url = start_console(args.gateway, args.host, args.port, args.tls_ca, args.network)
     try:
         print(f"console listening on {url}", flush=True)
         while not stop.wait(0.5):

@@ -134,7 +134,8 @@ def run_demo(directory: Path, *, host: str, port: int, rows: int,
         install_stop_signals(stop)
         console_url = None
         if console_port is not None:
-            console, console_url = start_console(urls[HOSPITAL_NAMES[0]], host, console_port)
+            console, console_url = start_console(urls[HOSPITAL_NAMES[0]], host, console_port,
+                                                 network=network_url)
             running.callback(stop_console, console)
         print(banner(urls, network_url, console_url, directory), flush=True)
         try:

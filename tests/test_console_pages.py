@@ -599,3 +599,30 @@ def test_a_session_the_gateway_ended_goes_back_to_login(  # type: ignore[no-unty
     assert ("The gateway ended your session (it expired, or your password was reset); "
             "log in again.") in [w.value for w in at.warning]
     assert at.text_input(key="login_user").value == ""
+
+
+# ---------------------------------------------------------------- network
+
+
+def test_network_page_shows_each_domains_health(gateway, owner, monkeypatch):  # type: ignore[no-untyped-def]
+    import socket
+
+    from tests.network_fixtures import start_network
+
+    with socket.socket() as sock:  # a port nobody listens on: a domain that is down
+        sock.bind(("127.0.0.1", 0))
+        down = f"grpc://127.0.0.1:{sock.getsockname()[1]}"
+    at = console(owner, "page_network.py")
+    assert "No network node is configured" in texts(at)
+    server, url = start_network({"st_marys": gateway.url, "west_wing": down})
+    try:
+        monkeypatch.setenv("STOCKADE_NETWORK", url)
+        at = console(owner, "page_network.py")
+        said = texts(at)
+        assert "1 of 2 domains up" in said
+        assert "Domain 'west_wing' is down" in said
+        health = table(at, "domain", "state").set_index("domain")
+        assert health.loc["st_marys", "state"] == "up"
+        assert health.loc["west_wing", "state"] == "down"
+    finally:
+        server.shutdown()

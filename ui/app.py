@@ -26,6 +26,7 @@ PAGES = (
     ("page_users.py", "Users & budgets", ":material/group:"),
     ("page_requests.py", "Requests", ":material/inbox:"),
     ("page_audit.py", "Audit", ":material/fact_check:"),
+    ("page_network.py", "Network", ":material/hub:"),
 )
 
 

@@ -53,6 +53,15 @@ def gateway_url(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     return _flag(argv, "--gateway") or env.get("STOCKADE_GATEWAY") or DEFAULT_GATEWAY
 
 
+def network_url(argv: Sequence[str] | None = None,
+                env: Mapping[str, str] | None = None) -> str | None:
+    """The network node whose domains' health the Network page shows (``--network URL``
+    or ``STOCKADE_NETWORK``), if any."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    return _flag(argv, "--network") or env.get("STOCKADE_NETWORK") or None
+
+
 def tls_ca(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """The CA file to trust for a ``grpc+tls://`` gateway (``--tls-ca`` or
     ``STOCKADE_TLS_CA``), if any."""
