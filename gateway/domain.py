@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -29,7 +29,13 @@ from gateway.audit import QUERY, AuditLog
 from gateway.dp import DpPlan, PrivateQueries
 from gateway.dp.queries import META as DP_META
 from gateway.engine import Engine, EngineLimits
-from gateway.errors import InputError, NotSupportedError, PermissionDeniedError, StockadeError
+from gateway.errors import (
+    ConfigError,
+    InputError,
+    NotSupportedError,
+    PermissionDeniedError,
+    StockadeError,
+)
 from gateway.ledger import Ledger
 from gateway.policy_state import LruCache as LruCache  # re-exported for gateway.server
 from gateway.policy_state import PolicyState, VisibleTable, no_parameters, redacting
@@ -522,8 +528,24 @@ def build_engine(
 
     Relative source paths were resolved against the policy file by the loader;
     ``base_dir`` below only matters to connectors that resolve more themselves.
+    Datasets declaring ``engine: {type: spark}`` are registered in one Spark
+    engine (in ``work_dir/spark``) and the two are routed as one
+    (:class:`gateway.engine_routed.RoutedEngine`, which has the engine's interface).
     """
     engine = Engine(Path(work_dir), limits=limits)
+    spark_specs = {ds: d.engine for ds, d in policy.datasets.items()
+                   if d.engine is not None and d.engine.type == "spark"}
+    spark: Any = None
+    if spark_specs:
+        from gateway.engine_spark import SparkEngine, SparkSettings
+
+        specs = {(s.master, s.remote) for s in spark_specs.values()}
+        if len(specs) > 1:
+            raise ConfigError("All Spark datasets of a domain use the same engine (one Spark "
+                              "session per process): give them the same 'master' or 'remote'")
+        master, remote = specs.pop()
+        spark = SparkEngine(Path(work_dir) / "spark",
+                            SparkSettings(master=master, remote=remote))
     base_dir = Path(policy.file).resolve().parent if policy.file else Path.cwd()
     for number, (ds_name, dataset) in enumerate(sorted(policy.datasets.items())):
         for t_number, (t_name, table) in enumerate(sorted(dataset.tables.items())):
@@ -531,9 +553,23 @@ def build_engine(
             connector = connectors.get(table.source.format)
             alias = f"src_{number}_{t_number}_{_UNSAFE.sub('_', t_name)}"
             plan = connector.plan(options, base_dir=base_dir, alias=alias)
-            engine.add_table(ds_name, t_name, plan)
+            if ds_name in spark_specs:
+                spark.add_table(ds_name, t_name, plan, options)
+            else:
+                engine.add_table(ds_name, t_name, plan)
     engine.start()
-    return engine
+    if spark is None:
+        return engine
+    try:
+        spark.start()
+    except BaseException:
+        engine.close()
+        spark.close()
+        raise
+    from gateway.engine_routed import RoutedEngine
+
+    routed = RoutedEngine(engine, {ds: ("spark", spark) for ds in spark_specs})
+    return cast(Engine, routed)  # the same reading interface
 
 
 def parameter_values(batch: pa.RecordBatch | None) -> list[Any] | None:

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import shutil
+import sys
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import sqlglot
+from sqlglot import exp
 
 from connectors.base import SourcePlan
 from connectors.files import resolve_path
@@ -69,12 +73,15 @@ def spark_session(settings: SparkSettings) -> Any:
     """The Spark session of ``settings`` (one per process and master)."""
     from pyspark.sql import SparkSession
 
+    # Spark's Python workers run this interpreter (the one with Stockade's packages).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(settings.app_name)
     if settings.remote:
         builder = builder.remote(settings.remote)
     else:
         builder = builder.master(settings.master or "local[2]")
         builder = builder.config("spark.ui.enabled", "false")
+        builder = builder.config("spark.ui.showConsoleProgress", "false")
         builder = builder.config("spark.sql.shuffle.partitions",
                                  str(settings.shuffle_partitions))
     builder = builder.config("spark.sql.session.timeZone", "UTC")
@@ -89,14 +96,24 @@ def _literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def to_spark(sql: str) -> str:
-    """DuckDB SQL (what the policy pipeline produces) as Spark SQL.
+def to_spark(sql: str, databases: Mapping[str, str] | None = None) -> str:
+    """DuckDB SQL (what the policy pipeline produces) as Spark SQL; ``databases``
+    renames the schemas of qualified tables (dataset → the engine's Spark database).
 
     >>> to_spark('SELECT "a", COUNT(*) AS n FROM "d"."t" GROUP BY "a"')
     'SELECT `a`, COUNT(*) AS n FROM `d`.`t` GROUP BY `a`'
+    >>> to_spark('SELECT * FROM "d"."t"', {"d": "d__e1"})
+    'SELECT * FROM `d__e1`.`t`'
     """
     try:
-        return sqlglot.transpile(sql, read="duckdb", write="spark")[0]
+        trees = sqlglot.parse(sql, read="duckdb")
+        if databases:
+            for tree in trees:
+                for table in tree.find_all(exp.Table) if tree is not None else ():
+                    renamed = databases.get(table.db.lower()) if table.db else None
+                    if renamed is not None:
+                        table.set("db", exp.to_identifier(renamed, quoted=True))
+        return ";\n".join(t.sql(dialect="spark") for t in trees if t is not None)
     except sqlglot.errors.SqlglotError as exc:
         raise QueryFailedError(f"This query cannot be run on Spark: {exc}") from None
 
@@ -138,6 +155,11 @@ class _Cursor:
         self._rows: list[tuple[Any, ...]] = []
 
     def execute(self, sql: str) -> _Cursor:
+        head, _, rest = sql.lstrip().partition(" ")
+        if head.upper() == "DESCRIBE":  # as DuckDB: name, DuckDB type (the policy checks)
+            types = duckdb_types(self._engine.result_schema(rest))
+            self._rows = [(name, kind, "YES", None, None, None) for name, kind in types.items()]
+            return self
         table = self._engine.execute(sql).read_all()
         columns = [c.to_pylist() for c in table.columns]
         self._rows = list(zip(*columns, strict=True))
@@ -166,6 +188,10 @@ class SparkEngine:
         self._users = 0
         self._retired = False
         self._columns: dict[tuple[str, str], dict[str, str]] = {}
+        # Each engine has Spark databases of its own: engines of a replaced and a
+        # replacing policy (or two domains of one process) share the Spark session.
+        self._tag = uuid.uuid4().hex[:12]
+        self._databases: dict[str, str] = {}
 
     # -- building -------------------------------------------------------------------
 
@@ -182,6 +208,7 @@ class SparkEngine:
                 f"Table '{dataset}.{table}': the Spark engine reads sources of format "
                 f"{', '.join(sorted(SPARK_FORMATS))}, arrow and memory, not '{fmt}'")
         self._plans[(dataset, table)] = plan
+        self._databases[dataset.lower()] = f"stockade_{dataset.lower()}_{self._tag}"
         self._sources[(dataset, table)] = dict(source)
 
     def start(self) -> None:
@@ -189,14 +216,14 @@ class SparkEngine:
         spark = spark_session(self.settings)
         warehouse = self.work_dir / "spark-warehouse"
         for ds in sorted({ds for ds, _ in self._plans}):
-            spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(ds)} "
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(self._database(ds))} "
                       f"LOCATION {_literal(str(warehouse / ds))}")
         for (ds, table), plan in self._plans.items():
-            name = f"{_quote(ds)}.{_quote(table)}"
+            name = f"{_quote(self._database(ds))}.{_quote(table)}"
             spark.sql(f"DROP TABLE IF EXISTS {name}")
             try:
                 if plan.arrow is not None:
-                    spark.createDataFrame(plan.arrow).write.saveAsTable(f"{ds}.{table}")
+                    spark.createDataFrame(plan.arrow).write.saveAsTable(name)
                 else:
                     spark.sql(self._create(name, self._sources[(ds, table)]))
                 spark.sql(f"SELECT * FROM {name} LIMIT 0").collect()
@@ -208,6 +235,9 @@ class SparkEngine:
         self._spark = spark
         for key in self._plans:
             self._columns[key] = duckdb_types(self.arrow_schema(*key))
+
+    def _database(self, dataset: str) -> str:
+        return self._databases[dataset.lower()]
 
     @staticmethod
     def _create(name: str, source: Mapping[str, Any]) -> str:
@@ -229,9 +259,9 @@ class SparkEngine:
         with self._lock:
             spark, self._spark = self._spark, None
         if spark is not None:
-            for ds, table in self._plans:
+            for database in sorted(set(self._databases.values())):
                 try:
-                    spark.sql(f"DROP TABLE IF EXISTS {_quote(ds)}.{_quote(table)}")
+                    spark.sql(f"DROP DATABASE IF EXISTS {_quote(database)} CASCADE")
                 except Exception:  # pragma: no cover - the session already stopped
                     pass
 
@@ -298,7 +328,8 @@ class SparkEngine:
             raise QueryFailedError("Parameters are not supported on the Spark engine")
         with self.in_use():
             try:
-                schema: pa.Schema = self._spark.sql(to_spark(sql)).limit(0).toArrow().schema
+                frame = self._spark.sql(to_spark(sql, self._databases))
+                schema: pa.Schema = frame.limit(0).toArrow().schema
                 return schema
             except QueryFailedError:
                 raise
@@ -320,7 +351,7 @@ class SparkEngine:
         """
         if parameters:
             raise QueryFailedError("Parameters are not supported on the Spark engine")
-        spark_sql = to_spark(sql)
+        spark_sql = to_spark(sql, self._databases)
         with self.in_use():
             spark = self._spark
             tag = f"stockade-{next(_TAGS)}"

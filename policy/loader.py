@@ -40,6 +40,7 @@ from policy.check import check_against_schemas
 from policy.expressions import FragmentError, parse_fragment, secrets_used
 from policy.functions import allowed_names, function_name, is_allowed, policy_function_problem
 from policy.model import (
+    ENGINES,
     FILE_FORMATS,
     FORMATS,
     MODES,
@@ -48,6 +49,7 @@ from policy.model import (
     Dataset,
     DatasetGrant,
     Domain,
+    EngineSpec,
     Functions,
     Limits,
     LimitsOverride,
@@ -360,16 +362,51 @@ def _limits(node: _Node) -> LimitsOverride:
 
 def _dataset(name: str, node: _Node, base: Path, context: _Context) -> Dataset:
     _name_node(node, name)
-    e = node.mapping(("description", "tags", "tables", "budget_cap"), required=("tables",))
+    e = node.mapping(("description", "tags", "tables", "budget_cap", "engine"),
+                     required=("tables",))
     tables = {t: _table(t, n, base, context) for t, n in e["tables"].names().items()}
     _check_unique_ci("table", e["tables"], tables)
+    engine = _opt(e, "engine", _engine)
+    if engine is not None and engine.type == "spark":
+        for t_name, t_node in e["tables"].names().items():
+            if tables[t_name].source.format not in SPARK_SOURCE_FORMATS:
+                raise t_node.error(
+                    f"Table '{t_name}' is on a Spark engine, which reads sources of format "
+                    f"{', '.join(SPARK_SOURCE_FORMATS)}, not "
+                    f"'{tables[t_name].source.format}'")
     return Dataset(
         name=name,
         tables=tables,
         description=_opt(e, "description", _Node.as_str) or "",
         tags=_opt(e, "tags", _Node.as_str_list) or (),
         budget_cap=_opt(e, "budget_cap", _budget),
+        engine=engine,
     )
+
+
+#: The source formats a dataset on a Spark engine may use (see gateway/engine_spark.py).
+SPARK_SOURCE_FORMATS = ("parquet", "csv", "json", "arrow")
+
+
+def _engine(node: _Node) -> EngineSpec:
+    e = node.mapping(("type", "master", "remote"), required=("type",))
+    kind = e["type"].as_str()
+    if kind not in ENGINES:
+        raise e["type"].error(
+            f"Unknown engine type '{kind}'.{did_you_mean(kind, ENGINES)} "
+            f"Engine types: {', '.join(ENGINES)}"
+        )
+    master = _opt(e, "master", _Node.as_str)
+    remote = _opt(e, "remote", _Node.as_str)
+    if kind == "duckdb" and (master is not None or remote is not None):
+        raise node.error("A 'duckdb' engine takes no 'master' or 'remote'")
+    if kind == "spark" and (master is None) == (remote is None):
+        raise node.error("A 'spark' engine needs exactly one of 'master' (e.g. \"local[2]\", "
+                         "\"spark://HOST:7077\") and 'remote' (\"sc://HOST:15002\")")
+    if remote is not None and not remote.startswith("sc://"):
+        raise e["remote"].error(f"'remote' is a Spark Connect URL (sc://HOST:PORT), not "
+                                f"'{remote}'")
+    return EngineSpec(type=kind, master=master, remote=remote)
 
 
 def _name_node(node: _Node, name: str) -> None:

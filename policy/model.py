@@ -120,12 +120,32 @@ class Budget:
     delta: float = 0.0
 
 
+#: The engines a dataset's tables can run on (``engine: {type: ...}``).
+ENGINES = ("duckdb", "spark")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine runs a dataset's queries (see docs/scaling.md).
+
+    ``type`` ``duckdb`` is the default (the domain's locked DuckDB engine);
+    ``spark`` registers the dataset's tables in Spark, reached through exactly
+    one of ``master`` (``local[2]``, ``spark://HOST:PORT``) or ``remote`` (a
+    Spark Connect URL, ``sc://HOST:PORT``).
+    """
+
+    type: str = "duckdb"
+    master: str | None = None
+    remote: str | None = None
+
+
 @dataclass(frozen=True)
 class Dataset:
     """One dataset: its tables and, for ``dp`` mode, an optional cap shared by all users.
 
     ``budget_cap`` bounds the ε and δ all users together may spend on the
     dataset, whatever their own allowances (see :mod:`gateway.ledger`).
+    ``engine`` ``None`` (or type ``duckdb``) runs it on the domain's DuckDB engine.
     """
 
     name: str
@@ -133,6 +153,7 @@ class Dataset:
     description: str = ""
     tags: tuple[str, ...] = ()
     budget_cap: Budget | None = None
+    engine: EngineSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tables", _frozen_map(self.tables))

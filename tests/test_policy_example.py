@@ -26,7 +26,7 @@ def model_fields() -> list[tuple[str, str]]:
     for cls in (
         model.Policy, model.Domain, model.Limits, model.LimitsOverride, model.Source,
         model.ColumnPolicy, model.Table, model.Dataset, model.Budget, model.TableGrant,
-        model.DatasetGrant, model.Role, model.Functions,
+        model.DatasetGrant, model.Role, model.Functions, model.EngineSpec,
     ):  # fmt: skip
         for f in dataclasses.fields(cls):
             if f.name not in NOT_KEYS:
