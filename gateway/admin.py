@@ -41,6 +41,7 @@ from gateway.errors import (
     StockadeError,
     did_you_mean,
 )
+from gateway.flightsql.server import json_body
 from gateway.ledger import DELTA_UNIT, EPSILON_UNIT, Cost, to_units
 from gateway.state import User, validate_attributes
 from policy.access import catalog_for
@@ -151,15 +152,8 @@ def _record(domain: Domain, principal: Principal, name: str, body: bytes | Mappi
 # ---------------------------------------------------------------- body checking
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
-    """The JSON object of an action body (empty means ``{}``)."""
-    try:
-        value = json.loads(body or b"{}")
-    except ValueError:
-        raise InputError("The action body must be a JSON object.") from None
-    if not isinstance(value, dict):
-        raise InputError("The action body must be a JSON object.")
-    return value
+#: The JSON object of an action body (empty means ``{}``).
+parse_body = json_body
 
 
 def check_fields(body: Mapping[str, Any], allowed: Sequence[str]) -> None:

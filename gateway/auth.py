@@ -197,7 +197,7 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         return f"AuthMiddleware(user={self.user.name!r}, role={self.user.role!r})"
 
 
-def _first_header(headers: Mapping[str, Any], key: str) -> str | None:
+def first_header(headers: Mapping[str, Any], key: str) -> str | None:
     value = headers.get(key)
     if isinstance(value, list | tuple):
         value = value[0] if value else None
@@ -267,13 +267,13 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
             raise to_flight_error(exc) from None
 
     def _start(self, headers: Mapping[str, Any]) -> AuthMiddleware:
-        value = _first_header(headers, "authorization")
+        value = first_header(headers, "authorization")
         if not value or not value.strip():
             raise AuthenticationError(AUTH_REQUIRED)
         scheme, _, credentials = value.strip().partition(" ")
         scheme = scheme.lower()
-        dialect = _first_header(headers, DIALECT_HEADER)
-        epsilon = _first_header(headers, EPSILON_HEADER)
+        dialect = first_header(headers, DIALECT_HEADER)
+        epsilon = first_header(headers, EPSILON_HEADER)
         if scheme == "bearer":
             token = credentials.strip()
             user = self.store.user_for_token(token)

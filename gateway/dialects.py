@@ -27,6 +27,7 @@ gateway.errors.InputError: Unknown SQL dialect 'postgresql'. Did you mean 'postg
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from gateway.errors import InputError, did_you_mean
 from policy.rules.parse import DIALECTS
@@ -80,28 +81,35 @@ def query_options(sql: str) -> tuple[dict[str, str], str]:
     >>> query_options("/* just a comment */ SELECT 1")
     ({}, '/* just a comment */ SELECT 1')
     """
+    options, end = leading_options(sql)
+    return options, re.sub(r"[^\r\n]", " ", sql[:end]) + sql[end:]
+
+
+def leading_options(sql: str, known: Sequence[str] = QUERY_OPTIONS
+                    ) -> tuple[dict[str, str], int]:
+    """The options of ``sql``'s leading options comment (keys from ``known``), and where
+    that comment ends (0 without one); see :func:`query_options`."""
     match = _LEADING_COMMENT.match(sql)
     if match is None:
-        return {}, sql
+        return {}, 0
     body = match.group("block") if match.group("block") is not None else match.group("line")
     parts = [p for p in re.split(r"[;,]", body) if p.strip()]
     found = [_OPTION.match(p) for p in parts]
     if not parts or not all(found):
-        return {}, sql
+        return {}, 0
     options: dict[str, str] = {}
     for item in found:
         assert item is not None
         key, value = item.group("key").lower(), item.group("value").strip()
-        if key not in QUERY_OPTIONS:
+        if key not in known:
             raise InputError(
-                f"Unknown query option '{key}'.{did_you_mean(key, QUERY_OPTIONS)} "
-                f"Options: {', '.join(QUERY_OPTIONS)}."
+                f"Unknown query option '{key}'.{did_you_mean(key, known)} "
+                f"Options: {', '.join(known)}."
             )
         if not value:
             raise InputError(f"The query option '{key}' has no value; write /* {key}: … */")
         options[key] = value
-    blank = re.sub(r"[^\r\n]", " ", sql[: match.end()])
-    return options, blank + sql[match.end():]
+    return options, match.end()
 
 
 def query_dialect(sql: str) -> tuple[str | None, str]:

@@ -29,7 +29,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Full, Queue
@@ -47,6 +46,7 @@ from gateway.errors import (
     QueryTimeoutError,
     StockadeError,
 )
+from gateway.retiring import Retiring
 
 log = logging.getLogger("stockade.engine")
 
@@ -217,7 +217,7 @@ class EngineLimits:
     max_temp_directory_size: str = "20GB"
 
 
-class Engine:
+class Engine(Retiring):
     """The locked, read-only DuckDB database of one domain."""
 
     def __init__(self, work_dir: Path, *, limits: EngineLimits | None = None) -> None:
@@ -225,10 +225,8 @@ class Engine:
         self.limits = limits or EngineLimits()
         self._plans: dict[tuple[str, str], SourcePlan] = {}
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._lock = threading.Lock()
+        self._init_retiring()
         self._watchdog = Watchdog()
-        self._users = 0  # queries planning on or streaming from the engine (see retire)
-        self._retired = False
         self._secrets_registered = False
 
     # -- building -------------------------------------------------------------------
@@ -359,56 +357,10 @@ class Engine:
 
     # -- retiring -------------------------------------------------------------------
 
-    def acquire(self) -> None:
-        """Count one more user (a query planning on the engine or a stream reading it).
-
-        Every :meth:`acquire` is matched by one :meth:`release`.
-        """
-        with self._lock:
-            if self._con is None:
-                raise RuntimeError("engine not started or already closed")
-            self._users += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            done = self._retired and self._users == 0
-        if done:
-            self._close_retired()
-
-    @contextmanager
-    def in_use(self) -> Iterator[Engine]:
-        """The engine, counted as in use for the ``with`` block."""
-        self.acquire()
-        try:
-            yield self
-        finally:
-            self.release()
-
-    def retire(self) -> None:
-        """Close the engine and delete its directory once its last user is done.
-
-        The caller makes sure no new query starts on it (the domain swaps in
-        the new engine first); queries already streaming finish normally.
-        """
-        with self._lock:
-            self._retired = True
-            done = self._users == 0
-        if done:
-            self._close_retired()
-
-    @property
-    def retired(self) -> bool:
-        return self._retired
-
     @property
     def closed(self) -> bool:
         return self._con is None
 
-    def _close_retired(self) -> None:
-        self.close()
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-        log.info("retired engine in %s closed", self.work_dir)
 
     # -- reading --------------------------------------------------------------------
 

@@ -25,12 +25,10 @@ import itertools
 import logging
 import os
 import re
-import shutil
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from connectors.base import SourcePlan
 from connectors.files import resolve_path
 from gateway.engine import scrub_message
 from gateway.errors import ConfigError, ConnectorError, QueryFailedError, QueryTimeoutError
+from gateway.retiring import Retiring
 
 log = logging.getLogger("stockade.engine_spark")
 
@@ -175,7 +174,7 @@ class _Cursor:
         self._rows = []
 
 
-class SparkEngine:
+class SparkEngine(Retiring):
     """The tables of one domain registered in Spark, read through the policy pipeline."""
 
     def __init__(self, work_dir: Path, settings: SparkSettings | None = None) -> None:
@@ -184,9 +183,7 @@ class SparkEngine:
         self._plans: dict[tuple[str, str], SourcePlan] = {}
         self._sources: dict[tuple[str, str], Mapping[str, Any]] = {}
         self._spark: Any = None
-        self._lock = threading.Lock()
-        self._users = 0
-        self._retired = False
+        self._init_retiring()
         self._columns: dict[tuple[str, str], dict[str, str]] = {}
         # Each engine has Spark databases of its own: engines of a replaced and a
         # replacing policy (or two domains of one process) share the Spark session.
@@ -267,45 +264,10 @@ class SparkEngine:
 
     # -- retiring (as gateway.engine.Engine) ----------------------------------------
 
-    def acquire(self) -> None:
-        with self._lock:
-            if self._spark is None:
-                raise RuntimeError("engine not started or already closed")
-            self._users += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            done = self._retired and self._users == 0
-        if done:
-            self._close_retired()
-
-    @contextmanager
-    def in_use(self) -> Iterator[SparkEngine]:
-        self.acquire()
-        try:
-            yield self
-        finally:
-            self.release()
-
-    def retire(self) -> None:
-        with self._lock:
-            self._retired = True
-            done = self._users == 0
-        if done:
-            self._close_retired()
-
-    @property
-    def retired(self) -> bool:
-        return self._retired
-
     @property
     def closed(self) -> bool:
         return self._spark is None
 
-    def _close_retired(self) -> None:
-        self.close()
-        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # -- reading --------------------------------------------------------------------
 

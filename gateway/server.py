@@ -29,7 +29,7 @@ from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, chec
 from gateway.domain import Domain, LruCache, parameter_values
 from gateway.errors import AuthenticationError, InputError
 from gateway.flightsql.schemas import annotate_schema, like_match
-from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo
+from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo, json_body
 from policy.principal import Principal
 
 log = logging.getLogger("stockade.server")
@@ -148,7 +148,7 @@ class DomainServer(FlightSqlServer):
     ) -> Iterable[bytes]:
         principal = self.principal(context)
         if action_type == "stockade.cost":
-            request = _json_body(body)
+            request = json_body(body)
             query = request.get("query")
             if not isinstance(query, str):
                 raise InputError('stockade.cost takes {"query": "SELECT …"}')
@@ -244,13 +244,3 @@ class DomainServer(FlightSqlServer):
             self.principal(context), query, parameter_values(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
         )
-
-
-def _json_body(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body or b"{}")
-    except ValueError:
-        raise InputError("The action body must be a JSON object") from None
-    if not isinstance(value, dict):
-        raise InputError("The action body must be a JSON object")
-    return value

@@ -37,7 +37,13 @@ from typing import Any, TypeVar
 
 import pyarrow.flight as flight
 
-from gateway.auth import AUTH_REQUIRED, MALFORMED_HEADER, LoginThrottle, decode_basic
+from gateway.auth import (
+    AUTH_REQUIRED,
+    MALFORMED_HEADER,
+    LoginThrottle,
+    decode_basic,
+    first_header,
+)
 from gateway.dialects import DIALECT_HEADER, EPSILON_HEADER
 from gateway.errors import (
     AuthenticationError,
@@ -333,15 +339,6 @@ class NetworkMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         return f"NetworkMiddleware(user={user!r})"
 
 
-def _first(headers: Mapping[str, Any], key: str) -> str | None:
-    value = headers.get(key)
-    if isinstance(value, list | tuple):
-        value = value[0] if value else None
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    return value
-
-
 class NetworkAuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
     """Basic → log in to the domains and issue a network token; Bearer → the session.
 
@@ -360,9 +357,9 @@ class NetworkAuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
             raise to_flight_error(exc) from None
 
     def _start(self, headers: Mapping[str, Any]) -> NetworkMiddleware:
-        options = {name: _first(headers, name)
+        options = {name: first_header(headers, name)
                    for name in (DIALECT_HEADER, EPSILON_HEADER, PARTIAL_HEADER)}
-        value = _first(headers, "authorization")
+        value = first_header(headers, "authorization")
         if not value or not value.strip():
             return NetworkMiddleware(None, headers=options)
         scheme, _, credentials = value.strip().partition(" ")

@@ -34,16 +34,15 @@ from gateway.dialects import (
     EPSILON_OPTION,
     check_dialect,
     check_epsilon,
+    leading_options,
 )
-from gateway.errors import InputError, did_you_mean
+from gateway.errors import InputError
 
 PARTIAL_OPTION = "stockade.partial_results"
 PARTIAL_HEADER = "x-stockade-partial-results"
 #: What a leading options comment may set at the network.
 QUERY_OPTIONS = ("dialect", "epsilon", "delta", "partial_results")
 
-_LEADING_COMMENT = re.compile(r"\A\s*(?:/\*(?P<block>.*?)\*/|--(?P<line>[^\r\n]*))", re.DOTALL)
-_OPTION = re.compile(r"\A\s*(?P<key>[A-Za-z_]+)\s*:(?P<value>.*)\Z", re.DOTALL)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -65,27 +64,10 @@ class QueryOptions:
 
 def parse_options(sql: str) -> QueryOptions:
     """Read the leading options comment of ``sql``, if it has one."""
-    match = _LEADING_COMMENT.match(sql)
-    if match is None:
+    values, end = leading_options(sql, QUERY_OPTIONS)
+    if not end:
         return QueryOptions({}, sql, sql)
-    body = match.group("block") if match.group("block") is not None else match.group("line")
-    parts = [p for p in re.split(r"[;,]", body) if p.strip()]
-    found = [_OPTION.match(p) for p in parts]
-    if not parts or not all(found):
-        return QueryOptions({}, sql, sql)
-    values: dict[str, str] = {}
-    for item in found:
-        assert item is not None
-        key, value = item.group("key").lower(), item.group("value").strip()
-        if key not in QUERY_OPTIONS:
-            raise InputError(
-                f"Unknown query option '{key}'.{did_you_mean(key, QUERY_OPTIONS)} "
-                f"Options: {', '.join(QUERY_OPTIONS)}."
-            )
-        if not value:
-            raise InputError(f"The query option '{key}' has no value; write /* {key}: … */")
-        values[key] = value
-    head, rest = sql[: match.end()], sql[match.end():]
+    head, rest = sql[:end], sql[end:]
     blank = re.sub(r"[^\r\n]", " ", head)
     if "partial_results" not in values:
         return QueryOptions(values, sql, blank + rest)

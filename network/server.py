@@ -36,7 +36,7 @@ from sqlglot import exp
 
 from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, check_epsilon
 from gateway.errors import InputError, NotSupportedError, TableNotFoundError
-from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo
+from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo, json_body
 from gateway.policy_state import LruCache
 from network import search
 from network.auth import NetworkAuthFactory, NetworkSession, Sessions, headers_of, session_of
@@ -316,7 +316,7 @@ class NetworkServer(FlightSqlServer):
             return [json.dumps(self.status()).encode()]
         if action_type == SEARCH_ACTION:
             session = self.session(context)
-            request = _json_body(body)
+            request = json_body(body)
             term = request.get("term")
             if not isinstance(term, str):
                 raise InputError('stockade.search takes {"term": "…"}')
@@ -353,13 +353,3 @@ def _has_placeholders(sql: str, dialect: str) -> bool:
         return parse(sql, dialect=dialect).find(exp.Placeholder) is not None
     except InputError:
         return False
-
-
-def _json_body(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body or b"{}")
-    except ValueError:
-        raise InputError("The action body must be a JSON object") from None
-    if not isinstance(value, dict):
-        raise InputError("The action body must be a JSON object")
-    return value

@@ -31,6 +31,7 @@ What the base does for every subclass:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,21 @@ def _guarded(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield from batches
     except Exception as exc:
         raise flight_errors.to_flight_error(exc) from None
+
+
+def json_body(body: bytes) -> dict[str, Any]:
+    """The JSON object of a custom action's body (empty means ``{}``).
+
+    >>> json_body(b""), json_body(b'{"term": "cancer"}')
+    ({}, {'term': 'cancer'})
+    """
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        raise InputError("The action body must be a JSON object.") from None
+    if not isinstance(value, dict):
+        raise InputError("The action body must be a JSON object.")
+    return value
 
 
 def pack(message: Message) -> bytes:
