@@ -27,7 +27,7 @@ import connectors
 from gateway import policy_versions
 from gateway.audit import QUERY, AuditLog
 from gateway.dp import DpPlan, PrivateQueries
-from gateway.dp.queries import META as DP_META
+from gateway.dp.release import META as DP_META
 from gateway.engine import Engine, EngineLimits
 from gateway.errors import (
     ConfigError,
@@ -403,12 +403,13 @@ class Domain:
         tables = [{"dataset": dp.dataset, "table": dp.table, "mode": "dp"}]
         try:
             answer = state.dp.execute(dp, timeout_s=limits.timeout_s)
-        except Exception as exc:
-            self._audit(principal, sql, started, rewritten=dp.query.smartnoise_sql,
-                        tables=tables, error=exc)
+        except Exception as exc:  # a failure after the charge still records what it cost
+            self._audit(principal, sql, started, rewritten=dp.query.aggregate_sql,
+                        tables=tables, error=exc, epsilon=getattr(exc, "epsilon", 0.0),
+                        delta=getattr(exc, "delta", 0.0))
             raise
         meta = answer.schema.metadata or {}
-        self._audit(principal, sql, started, rewritten=dp.query.smartnoise_sql, tables=tables,
+        self._audit(principal, sql, started, rewritten=dp.query.aggregate_sql, tables=tables,
                     rows=answer.num_rows,
                     epsilon=float(meta.get((DP_META + "epsilon_spent").encode(), b"0")),
                     delta=float(meta.get((DP_META + "delta_spent").encode(), b"0")))
@@ -446,6 +447,9 @@ class Domain:
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "error": message,
         }
+        detail = getattr(error, "detail", None)
+        if detail:  # what the engine said: for the owner only, never for the analyst
+            details["error_detail"] = detail
         if not complete:
             details["complete"] = False
         self.audit.safe_append(QUERY, principal.user, details)

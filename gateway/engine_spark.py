@@ -103,9 +103,14 @@ def to_spark(sql: str, databases: Mapping[str, str] | None = None) -> str:
     'SELECT `a`, COUNT(*) AS n FROM `d`.`t` GROUP BY `a`'
     >>> to_spark('SELECT * FROM "d"."t"', {"d": "d__e1"})
     'SELECT * FROM `d__e1`.`t`'
+    >>> to_spark('WITH r AS MATERIALIZED (SELECT 1 AS u) SELECT u FROM r')
+    'WITH r AS (SELECT 1 AS u) SELECT u FROM r'
     """
     try:
         trees = sqlglot.parse(sql, read="duckdb")
+        for tree in trees:  # DuckDB's MATERIALIZED hint has no Spark spelling
+            for cte in tree.find_all(exp.CTE) if tree is not None else ():
+                cte.set("materialized", None)
         if databases:
             for tree in trees:
                 for table in tree.find_all(exp.Table) if tree is not None else ():

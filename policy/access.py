@@ -58,10 +58,13 @@ class TableAccess:
     epsilon_per_query: float | None = None
     budget: Budget | None = None
     columns: Mapping[str, ColumnPolicy] = field(default_factory=dict)
+    public_keys: Mapping[str, tuple[str | int | float | bool, ...]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "masks", MappingProxyType(dict(self.masks)))
         object.__setattr__(self, "columns", MappingProxyType(dict(self.columns)))
+        object.__setattr__(self, "public_keys", MappingProxyType(dict(self.public_keys)))
 
     @property
     def qualified_name(self) -> str:
@@ -127,6 +130,7 @@ def table_access(
         epsilon_per_query=grant.epsilon_per_query,
         budget=grant.budget,
         columns=found.columns,
+        public_keys=found.public_keys,
     )
 
 

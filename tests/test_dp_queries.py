@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import sqlglot
-from sqlglot import exp
 from test_dp_env import POLICY, DpEnv, open_env
 
-from gateway.dp.bounds import UnitBounds
-from gateway.dp.reader import duckdb_sql
+from gateway.dp.aggregate import bounded as bounded_rows
 from gateway.dp.translate import DpQueryError
 from gateway.errors import InputError, StockadeError
 from gateway.ledger import ASK_FOR_MORE, BudgetExceededError
@@ -133,15 +132,22 @@ def test_answer_metadata_names_mechanism_scale_and_interval(env: DpEnv) -> None:
     assert table.schema.field("site").metadata is None
     n = table.schema.field("n").metadata
     # COUNT: sensitivity 1, 2 rows per unit, ε 0.5 -> scale 4 (OpenDP's search lands
-    # just above); 95 % half-width of Laplace(b) is b·ln 20.
+    # just above). A count is a whole number (rounded to nearest): its 95 % half-width is
+    # the smallest whole k with P(|round(L)| <= k) >= 95 %, k = ceil(b·ln 20 - 1/2) = 12,
+    # and the exact coverage 1 - exp(-(k + 1/2)/b) is reported beside it.
     scale = float(n[b"stockade.dp.scale"])
     assert n[b"stockade.dp.mechanism"] == b"laplace" and 4.0 <= scale < 4.0001
-    assert float(n[b"stockade.dp.ci95_half_width"]) == pytest.approx(scale * 2.995732, rel=1e-6)
+    assert float(n[b"stockade.dp.ci95_half_width"]) == 12.0
+    assert float(n[b"stockade.dp.ci95_coverage"]) == pytest.approx(1 - math.exp(-12.5 / scale))
     s = table.schema.field("s").metadata
     assert 400.0 <= float(s[b"stockade.dp.scale"]) < 400.01  # bounds 0..100
     c = table.schema.field("c").metadata
     assert c[b"stockade.dp.derived"] == b"true"
     assert len(c[b"stockade.dp.scale"].split(b",")) == 2  # SUM and COUNT
+    # AVG's own interval, per released row (its width depends on the group's size).
+    by_row = json.loads(c[b"stockade.dp.ci95_half_width_by_row"])
+    assert len(by_row) == table.num_rows and all(0 < w < 10 for w in by_row)
+    assert c[b"stockade.dp.null_when"] == b"the noisy denominator is not positive"
     for key in ("epsilon_spent", "delta_spent", "epsilon_remaining", "delta_remaining"):
         float(meta(table, key))
 
@@ -213,37 +219,25 @@ def test_rare_groups_are_censored(env: DpEnv) -> None:
                    "ORDER BY age", user="bob").num_rows <= 3
 
 
-def test_rows_per_unit_are_verified_or_sampled(env: DpEnv) -> None:
-    bounds = env.dp.bounds
-    assert bounds.verify("health", "visits", "patient_id", 2) is not None
-    assert bounds.verify("health", "visits", "patient_id", 1) is None
-    assert bounds.verify("health", "crowded", "patient_id", 1) is None  # patient 0 twice
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "ROW_NUMBER" not in env.dp.last_sql[0]
-    env.run("SELECT SUM(cost) AS s FROM crowded")
-    assert "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)" in env.dp.last_sql[0]
+def test_rows_per_unit_are_bounded_and_values_clamped_in_every_query(env: DpEnv) -> None:
+    # No source is trusted to meet its bounds already: the query that runs bounds rows
+    # per unit and clamps, whatever the data (the work never depends on one person).
+    for table in ("visits", "crowded"):
+        sql = env.dp.aggregate_sql(env.plan(f"SELECT SUM(cost) AS s FROM {table}"))
+        assert "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)" in sql
+        assert 'CASE WHEN "v0" < 0.0 THEN 0.0 WHEN "v0" > 100.0 THEN 100.0 ELSE "v0" END' in sql
 
 
-def test_unverifiable_sources_are_always_sampled(tmp_path: Path) -> None:
-    env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
-    env.run("SELECT site, COUNT(*) AS n FROM visits GROUP BY site")
-    assert "ORDER BY __stockade_random" in env.dp.last_sql[0]
-    env.close()
-
-
-def test_sampling_rewrite_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) -> None:
-    # SmartNoise's own sampling SQL, over a relation with up to 2 rows per unit.
-    relation = 'SELECT "patient_id" AS u, "cost" AS v0 FROM "health"."visits"'
-    sampled = duckdb_sql(
-        "SELECT * FROM ( SELECT *, ROW_NUMBER ( ) OVER ( PARTITION BY u ORDER BY RANDOM ( ) ) "
-        "AS row_num FROM ( SELECT u AS u, v0 AS v0 FROM dp.rel ) AS clamped ) AS "
-        "per_key_random WHERE per_key_random.row_num <= 1", relation)
-    tree = sqlglot.parse_one(sampled, read="duckdb")
-    assert not any(w.args["order"].find(exp.Rand) for w in tree.find_all(exp.Window))
+def test_sampling_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) -> None:
     cur = env.engine.cursor()
+    # crowded: 100 rows, patient 0 twice, at most 1 row per unit -> 99 rows counted.
+    exact = cur.execute(env.dp.aggregate_sql(env.plan("SELECT COUNT(*) AS n FROM crowded"))
+                        ).fetchone()
+    assert exact == (99,)
+    # visits: 2 rows per unit allowed; with 1 the sample picks either row of unit 7.
+    relation = 'SELECT "patient_id" AS u, "cost" AS v0 FROM "health"."visits"'
+    sampled = "SELECT u, v0 FROM " + bounded_rows(relation, ["u", "v0"], unit=True, max_rows=1,
+                                                  sample=True)
     per_unit = cur.execute(f"SELECT max(c), count(*) FROM (SELECT u, count(*) AS c "
                            f"FROM ({sampled}) GROUP BY u)").fetchone()
     assert per_unit == (1, 1000)  # every unit kept, with one row
@@ -251,61 +245,6 @@ def test_sampling_rewrite_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) 
              for _ in range(40)}
     assert picks == {14.0, 15.0}  # both of unit 7's rows get chosen: a random sample
     cur.close()
-
-
-def test_clamp_is_skipped_only_for_columns_verified_within_bounds(env: DpEnv) -> None:
-    bounds = env.dp.bounds
-    assert bounds.verify_range("health", "visits", "cost", 0.0, 100.0) is not None
-    assert bounds.verify_range("health", "visits", "cost", 0.0, 10.0) is None  # up to 49
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "CASE" not in env.dp.last_sql[0]
-    # A masked column is never read unclamped: its values are not the source's.
-    plan = env.plan("SELECT COUNT(name) AS n, SUM(cost) AS s FROM visits")
-    assert plan.query.raw_values == (("v1", "cost"),)
-
-
-def test_unverifiable_sources_are_always_clamped(tmp_path: Path) -> None:
-    env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "CASE WHEN v0 < 0.0 THEN 0.0 WHEN v0 > 100.0 THEN 100.0 ELSE v0 END" \
-        in env.dp.last_sql[0]
-    env.close()
-
-
-def test_a_source_changed_during_the_query_is_read_again_sampled_and_clamped(
-        tmp_path: Path) -> None:
-    env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    version = [0]
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: version[0]))
-    run = env.engine.execute
-
-    def execute_then_change(*args, **kwargs):  # type: ignore[no-untyped-def]
-        version[0] += 1
-        return run(*args, **kwargs)
-
-    env.engine.execute = execute_then_change  # type: ignore[method-assign]
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    (sql,) = env.dp.last_sql  # the second reading only
-    assert "CASE WHEN" in sql and "ROW_NUMBER" in sql
-    assert version[0] == 2
-    env.close()
-
-
-def test_clamp_rewrite_needs_bounds_inside_the_clamp() -> None:
-    sql = ("SELECT SUM(v0) AS s FROM (SELECT CASE WHEN v0 < -1.0 THEN -1.0 WHEN v0 > 100.0 "
-           "THEN 100.0 ELSE v0 END AS v0 FROM dp.rel) AS c")
-    relation = "SELECT 1.0 AS v0"
-    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (0.0, 100.0)})
-    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (-1.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v0": (-2.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v0": (0.0, 101.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v1": (0.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation)
 
 
 def test_plans_are_shared_by_users_of_one_role(env: DpEnv) -> None:
@@ -323,8 +262,14 @@ def test_result_schema_without_running_or_charging(env: DpEnv) -> None:
     table = env.dp.execute(plan)
     assert schema.names == table.schema.names == ["site", "n", "c"]
     assert [f.type for f in schema] == [f.type for f in table.schema]
+    by_row = b"stockade.dp.ci95_half_width_by_row"  # a derived column's per-row intervals
     for name in schema.names:
-        assert schema.field(name).metadata == table.schema.field(name).metadata
+        expected = dict(table.schema.field(name).metadata or {})
+        if by_row in expected:  # known once there are rows: the schema has the key, empty
+            assert len(json.loads(expected.pop(by_row))) == table.num_rows
+            assert json.loads(schema.field(name).metadata[by_row]) == []
+        assert {k: v for k, v in (schema.field(name).metadata or {}).items()
+                if k != by_row} == expected
     answer = table.schema.metadata
     assert {k: v for k, v in answer.items() if k in schema.metadata} == schema.metadata
 
@@ -420,14 +365,14 @@ def test_a_starting_domain_applies_the_policys_caps(env: DpEnv, tmp_path: Path) 
 
 @pytest.mark.parametrize(("sql", "arrow_type"), [
     ("SELECT ROUND(AVG(cost), 2) AS c FROM visits", pa.float64()),
-    ("SELECT SUM(cost)::int AS c FROM visits", pa.int64()),
+    ("SELECT SUM(cost)::int AS c FROM visits", pa.int32()),  # INTEGER, as in DuckDB
     ("SELECT CAST(SUM(cost) AS DOUBLE) / COUNT(*) AS c FROM visits", pa.float64()),
     ("SELECT CAST(COUNT(*) AS BIGINT) AS c FROM visits", pa.int64()),
 ])
 def test_casts_and_rounding_keep_numeric_types(env: DpEnv, sql: str,
                                                arrow_type: pa.DataType) -> None:
     # DuckDB's type names (DOUBLE, BIGINT, ::int) are what analysts and dataframe
-    # libraries write; SmartNoise's parser knows FLOAT and INTEGER only.
+    # libraries write; they mean what they mean in DuckDB.
     table = env.run(sql)
     assert table.schema.field("c").type == arrow_type
     assert env.dp.result_schema(env.plan(sql)).field("c").type == arrow_type
