@@ -6,13 +6,13 @@ import re
 import threading
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 import sqlglot
 from sqlglot import exp
 from test_dp_env import POLICY, DpEnv, open_env
 
-from gateway.dp.bounds import UnitBounds
 from gateway.dp.reader import duckdb_sql
 from gateway.dp.translate import DpQueryError
 from gateway.errors import InputError, StockadeError
@@ -213,24 +213,43 @@ def test_rare_groups_are_censored(env: DpEnv) -> None:
                    "ORDER BY age", user="bob").num_rows <= 3
 
 
-def test_rows_per_unit_are_verified_or_sampled(env: DpEnv) -> None:
-    bounds = env.dp.bounds
-    assert bounds.verify("health", "visits", "patient_id", 2) is not None
-    assert bounds.verify("health", "visits", "patient_id", 1) is None
-    assert bounds.verify("health", "crowded", "patient_id", 1) is None  # patient 0 twice
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "ROW_NUMBER" not in env.dp.last_sql[0]
-    env.run("SELECT SUM(cost) AS s FROM crowded")
-    assert "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)" in env.dp.last_sql[0]
+SAMPLING = "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)"
+COST_CLAMP = "CASE WHEN v0 < 0.0 THEN 0.0 WHEN v0 > 100.0 THEN 100.0 ELSE v0 END"
 
 
-def test_unverifiable_sources_are_always_sampled(tmp_path: Path) -> None:
-    env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
+def per_unit(env: DpEnv, source: str, unit: str = "patient_id") -> tuple[int, int]:
+    """(most rows of one unit, rows) of ``source`` read on the engine."""
+    cur = env.engine.cursor()
+    try:
+        row = cur.execute(f"SELECT max(c), sum(c) FROM (SELECT count(*) AS c FROM {source} "
+                          f"GROUP BY {unit})").fetchone()
+    finally:
+        cur.close()
+    return int(row[0]), int(row[1])
+
+
+def test_rows_per_unit_are_bounded_by_the_snapshot_not_by_a_check(env: DpEnv) -> None:
+    # Every dp table with a file source is read through its bounded snapshot, whether
+    # or not its data already met the bound: visits does (2 rows per patient, bound 2),
+    # crowded does not (patient 0 twice, bound 1).
+    assert per_unit(env, '"health"."visits"') == (2, 2000)
+    assert per_unit(env, '"health"."crowded"') == (2, 100)
+    for table, bounded in (("visits", (2, 2000)), ("crowded", (1, 99))):
+        with env.engine.bounded_source("health", table) as snapshot:
+            assert snapshot is not None and snapshot.unit == "patient_id"
+            assert per_unit(env, snapshot.sql) == bounded
+        env.run(f"SELECT SUM(cost) AS s FROM {table}")
+        (sql,) = env.dp.last_sql
+        assert snapshot.sql in sql and '"health"' not in sql  # never the table itself
+        assert "ROW_NUMBER" not in sql  # the snapshot is bounded: SmartNoise need not sample
+
+
+def test_sources_without_a_snapshot_are_always_sampled(tmp_path: Path) -> None:
+    env = open_env(tmp_path, snapshots=False)
+    with env.engine.bounded_source("health", "visits") as snapshot:
+        assert snapshot is None
     env.run("SELECT site, COUNT(*) AS n FROM visits GROUP BY site")
-    assert "ORDER BY __stockade_random" in env.dp.last_sql[0]
+    assert SAMPLING in env.dp.last_sql[0] and '"health"."visits"' in env.dp.last_sql[0]
     env.close()
 
 
@@ -253,59 +272,55 @@ def test_sampling_rewrite_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) 
     cur.close()
 
 
-def test_clamp_is_skipped_only_for_columns_verified_within_bounds(env: DpEnv) -> None:
-    bounds = env.dp.bounds
-    assert bounds.verify_range("health", "visits", "cost", 0.0, 100.0) is not None
-    assert bounds.verify_range("health", "visits", "cost", 0.0, 10.0) is None  # up to 49
+@pytest.mark.parametrize("snapshots", [True, False])
+def test_values_are_always_clamped(tmp_path: Path, snapshots: bool) -> None:
+    # Every cost lies within [0, 100] (up to 49): the clamp is kept all the same.
+    env = open_env(tmp_path, snapshots=snapshots)
+    assert env.engine.cursor().execute(
+        'SELECT max(cost) FROM "health"."visits"').fetchone() == (49.0,)
     env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "CASE" not in env.dp.last_sql[0]
-    # A masked column is never read unclamped: its values are not the source's.
-    plan = env.plan("SELECT COUNT(name) AS n, SUM(cost) AS s FROM visits")
-    assert plan.query.raw_values == (("v1", "cost"),)
-
-
-def test_unverifiable_sources_are_always_clamped(tmp_path: Path) -> None:
-    env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "CASE WHEN v0 < 0.0 THEN 0.0 WHEN v0 > 100.0 THEN 100.0 ELSE v0 END" \
-        in env.dp.last_sql[0]
+    assert COST_CLAMP in env.dp.last_sql[0]
+    assert ("ROW_NUMBER" in env.dp.last_sql[0]) is not snapshots
     env.close()
 
 
-def test_a_source_changed_during_the_query_is_read_again_sampled_and_clamped(
+def test_a_query_reads_one_snapshot_version_while_a_newer_one_is_swapped_in(
         tmp_path: Path) -> None:
     env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    version = [0]
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: version[0]))
+    with env.engine.bounded_source("health", "crowded") as before:
+        assert before is not None
     run = env.engine.execute
+    changes: list[object] = []
 
-    def execute_then_change(*args, **kwargs):  # type: ignore[no-untyped-def]
-        version[0] += 1
+    def execute_after_a_change(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not changes:  # the source changes, and is seen, while the query runs
+            con = duckdb.connect()
+            con.execute(f"COPY (SELECT i AS patient_id, 20.0 AS cost FROM range(50) r(i)) "
+                        f"TO '{tmp_path / 'crowded.parquet'}' (FORMAT parquet)")
+            con.close()
+            changes.extend(env.engine.refresh_snapshots())
         return run(*args, **kwargs)
 
-    env.engine.execute = execute_then_change  # type: ignore[method-assign]
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    (sql,) = env.dp.last_sql  # the second reading only
-    assert "CASE WHEN" in sql and "ROW_NUMBER" in sql
-    assert version[0] == 2
+    env.engine.execute = execute_after_a_change  # type: ignore[method-assign]
+    env.run("SELECT SUM(cost) AS s FROM crowded")
+    (sql,) = env.dp.last_sql  # read once, from the version it started with
+    assert before.sql in sql and "ROW_NUMBER" not in sql
+    with env.engine.bounded_source("health", "crowded") as after:
+        assert after is not None and after.name != before.name
+    assert [(c.table, c.before, c.after) for c in changes] == [  # type: ignore[attr-defined]
+        ("crowded", before.name, after.name)]
+    cur = env.engine.cursor()  # the old version went when its last query ended
+    names = {r[0] for r in cur.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    cur.close()
+    assert after.name in names and before.name not in names
     env.close()
 
 
-def test_clamp_rewrite_needs_bounds_inside_the_clamp() -> None:
+def test_the_reader_keeps_smartnoise_clamp() -> None:
     sql = ("SELECT SUM(v0) AS s FROM (SELECT CASE WHEN v0 < -1.0 THEN -1.0 WHEN v0 > 100.0 "
            "THEN 100.0 ELSE v0 END AS v0 FROM dp.rel) AS c")
-    relation = "SELECT 1.0 AS v0"
-    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (0.0, 100.0)})
-    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (-1.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v0": (-2.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v0": (0.0, 101.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v1": (0.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation)
+    assert "CASE WHEN v0 < -1.0 THEN -1.0 WHEN v0 > 100.0 THEN 100.0 ELSE v0 END" \
+        in duckdb_sql(sql, "SELECT 1.0 AS v0")
 
 
 def test_plans_are_shared_by_users_of_one_role(env: DpEnv) -> None:

@@ -6,7 +6,8 @@
 - :mod:`gateway.dp.reader` runs SmartNoise's SQL on DuckDB (relation
   substitution, sampling DuckDB accepts, a cheaper key count);
 - :mod:`gateway.dp.mechanisms` memoises SmartNoise's noise-scale search;
-- :mod:`gateway.dp.bounds` checks rows per privacy unit so sampling can be skipped;
+- rows per privacy unit are bounded by SmartNoise's sampling in the query, or by
+  the engine's bounded snapshot of the table (:mod:`gateway.snapshots`);
 - :mod:`gateway.dp.queries` plans, prices, runs and charges
   (:class:`PrivateQueries`), with :mod:`gateway.ledger` for budgets.
 """

@@ -8,8 +8,9 @@ The metadata describes the relation ``dp.rel`` of :mod:`gateway.dp.translate`:
 - each ``v``/``k`` column gets its type from the engine's DuckDB type, and the
   policy's ``lower``/``upper`` as bounds (values are clamped to them);
   columns are nullable;
-- ``sample_max_ids`` is on unless the rows per unit are known to be bounded
-  (row privacy, or verified by :mod:`gateway.dp.bounds`);
+- ``sample_max_ids`` is on unless the rows per unit are bounded by
+  construction (row privacy, or the relation reads a bounded snapshot of the
+  table, :mod:`gateway.snapshots`);
 - ``censor_dims`` (hide rare groups) is on for grouped queries; a query without
   ``GROUP BY`` releases exactly one row whatever the data, so it has nothing to
   censor and no key count to pay for.

@@ -32,7 +32,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -43,14 +43,14 @@ from snsql.sql.odometer import OdometerHeterogeneous
 from snsql.sql.privacy import Privacy
 from snsql.sql.private_reader import PrivateReader
 
-from gateway.dp.bounds import UnitBounds
 from gateway.dp.mechanisms import ci95_half_width, mechanism_name, mechanisms
 from gateway.dp.metadata import dp_metadata
 from gateway.dp.reader import DuckDBReader
-from gateway.dp.translate import UNIT, DpQuery, translate
+from gateway.dp.translate import UNIT, DpQuery, over_snapshot, translate
 from gateway.engine import Engine
 from gateway.errors import InputError, StockadeError
 from gateway.ledger import Balance, Cost, Ledger
+from gateway.snapshots import BoundedSource
 from policy.access import catalog_for, dataset_grant
 from policy.model import Policy
 from policy.principal import Principal
@@ -309,11 +309,9 @@ def odometer_cost(steps: Sequence[tuple[float, float]], delta: float) -> Cost:
 class PrivateQueries:
     """Plans, prices and runs ``dp`` queries on one engine, charging one ledger."""
 
-    def __init__(self, engine: Engine, ledger: Ledger, *,
-                 bounds: UnitBounds | None = None) -> None:
+    def __init__(self, engine: Engine, ledger: Ledger) -> None:
         self.engine = engine
         self.ledger = ledger
-        self.bounds = bounds or UnitBounds(engine)
         self._schemas: OrderedDict[str, tuple[pa.Schema, str]] = OrderedDict()
         self._plans: OrderedDict[tuple[Any, ...], tuple[Policy, DpQuery]] = OrderedDict()
         self._lock = threading.Lock()
@@ -392,10 +390,20 @@ class PrivateQueries:
                     self._schemas.popitem(last=False)
         return found
 
-    def _reader(self, plan: DpPlan, *, rows_bounded: bool, timeout_s: float | None,
-                unclamped: dict[str, tuple[float, float]] | None = None
-                ) -> tuple[_Private, DuckDBReader]:
+    def _reader(self, plan: DpPlan, *, timeout_s: float | None,
+                snapshot: BoundedSource | None = None) -> tuple[_Private, DuckDBReader]:
+        """SmartNoise's reader for ``plan``: over the table's bounded ``snapshot`` when
+        it has one (SmartNoise then does not sample), else sampling in the query."""
         q = plan.query
+        relation_sql = q.relation_sql
+        rows_bounded = False
+        access = q.access
+        if snapshot is not None and access.privacy_unit is not None \
+                and snapshot.unit.lower() == access.privacy_unit.lower() \
+                and snapshot.max_rows <= (access.max_rows_per_unit or 1):
+            relation_sql = over_snapshot(relation_sql, access.dataset, access.table,
+                                         snapshot.sql)
+            rows_bounded = True
         metadata = dp_metadata(
             self.relation_schema(plan),
             bounds={v: (lo, hi) for v, lo, hi in q.bounds},
@@ -410,7 +418,7 @@ class PrivateQueries:
             columns = [c.to_pylist() for c in result.columns]
             return result.column_names, list(zip(*columns, strict=True))
 
-        reader = DuckDBReader(run, q.relation_sql, unclamped)
+        reader = DuckDBReader(run, relation_sql)
         privacy = Privacy(epsilon=plan.epsilon, delta=plan.delta, mechanisms=mechanisms())
         try:
             private = _Private(reader, metadata, privacy=privacy)
@@ -433,7 +441,7 @@ class PrivateQueries:
 
     def _rewritten(self, plan: DpPlan) -> _Private:
         """A reader holding SmartNoise's rewrite of ``plan`` (nothing runs)."""
-        private, _ = self._reader(plan, rows_bounded=False, timeout_s=None)
+        private, _ = self._reader(plan, timeout_s=None)
         try:
             private._rewrite_ast(private.parse_query_string(plan.query.smartnoise_sql))
         except ValueError as exc:
@@ -477,53 +485,15 @@ class PrivateQueries:
                     "column's lower and upper bounds (ask the data owner to set them)"
                 )
 
-    def _verified(self, plan: DpPlan) -> tuple[bool, dict[str, tuple[float, float]],
-                                                set[Hashable]]:
-        """What the source is verified to meet (see :mod:`gateway.dp.bounds`).
-
-        Whether rows per unit are bounded, the value columns that are within
-        their bounds (read unclamped), and the source versions this relies on.
-        """
-        q = plan.query
-        access = q.access
-        tokens: set[Hashable] = set()
-        rows_bounded = False
-        if access.privacy_unit is not None:
-            token = self.bounds.verify(access.dataset, access.table, access.privacy_unit,
-                                       access.max_rows_per_unit or 1)
-            if token is not None:
-                rows_bounded = True
-                tokens.add(token)
-        limits = {v: (lo, hi) for v, lo, hi in q.bounds}
-        unclamped: dict[str, tuple[float, float]] = {}
-        for v, column in q.raw_values:
-            lo, hi = limits.get(v, (None, None))
-            if lo is None or hi is None:
-                continue
-            token = self.bounds.verify_range(access.dataset, access.table, column,
-                                             float(lo), float(hi))
-            if token is not None:
-                unclamped[v] = (float(lo), float(hi))
-                tokens.add(token)
-        return rows_bounded, unclamped, tokens
-
     def _run(self, plan: DpPlan, timeout_s: float | None) -> tuple[pa.Table, Cost]:
         access = plan.query.access
-        rows_bounded, unclamped, tokens = self._verified(plan)
-        while True:
-            private, reader = self._reader(plan, rows_bounded=rows_bounded,
-                                           unclamped=unclamped, timeout_s=timeout_s)
+        with self.engine.bounded_source(access.dataset, access.table) as snapshot:
+            private, reader = self._reader(plan, snapshot=snapshot, timeout_s=timeout_s)
             try:
                 query = private.parse_query_string(plan.query.smartnoise_sql)
                 rows = private._execute_ast(query)
             except ValueError as exc:
                 raise _smartnoise_error(exc, plan) from None
-            if tokens and not all(self.bounds.still_valid(access.dataset, access.table, t)
-                                  for t in tokens):
-                # The source changed while we read it: sample and clamp.
-                rows_bounded, unclamped, tokens = False, {}, set()
-                continue
-            break
         self.last_sql = list(reader.executed)
         return _to_arrow(private, rows, plan), self._cost(private, plan)
 

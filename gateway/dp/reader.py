@@ -8,7 +8,9 @@ commit or rollback (the engine is read-only).
 Before running SmartNoise's SQL, :func:`duckdb_sql` rewrites it:
 
 1. the table ``dp.rel`` becomes the policy relation (the table with the
-   policy's row filters, masks and hidden columns, and the analyst's ``WHERE``);
+   policy's row filters, masks and hidden columns, and the analyst's ``WHERE``),
+   which reads the table's bounded snapshot when the engine keeps one
+   (:mod:`gateway.snapshots`; SmartNoise then does not sample);
 2. the per-unit reservoir sampling ``ROW_NUMBER() OVER (PARTITION BY u ORDER BY
    RANDOM())``, which DuckDB refuses (a volatile function in a window's ORDER
    BY), orders by a column computed as ``RANDOM()`` one level down instead: the
@@ -16,16 +18,15 @@ Before running SmartNoise's SQL, :func:`duckdb_sql` rewrites it:
 3. the key count used to censor rare groups, ``COUNT(DISTINCT u)``, becomes
    ``COUNT(*)`` (a hash of every unit per group is the most expensive part of
    the query). This is safe because every unit has at most ``max_ids`` rows in
-   the aggregated rows (sampled, or verified, see :mod:`gateway.dp.bounds`):
+   the aggregated rows (sampled in the query, or read from a snapshot that
+   holds at most ``max_ids`` rows per unit by construction):
    SmartNoise's threshold ``τ = m·(1 − ln(2δ/m)/ε)`` with Laplace noise of
    scale ``m/ε`` (``m = max_ids``) releases a group made by one unit's at most
    ``m`` rows with probability at most ``½·exp(−(τ − m)·ε/m) = δ/m``, and a
    unit can make at most ``m`` groups: δ in total, as with ``COUNT(DISTINCT)``.
-   With row privacy SmartNoise already counts rows;
-4. the clamp ``CASE WHEN v < lo THEN lo WHEN v > hi THEN hi ELSE v END`` of a
-   column whose source values were all verified to lie within the policy's
-   bounds (``unclamped``, see :mod:`gateway.dp.bounds`) becomes ``v``: on such
-   data it changes nothing, and it is about a quarter of the scan's cost.
+   With row privacy SmartNoise already counts rows.
+
+SmartNoise's clamp of every value column to its bounds is always kept.
 
 >>> sql = duckdb_sql(
 ...     "SELECT COUNT(DISTINCT u) AS keycount, k AS k FROM ( SELECT *, ROW_NUMBER ( ) "
@@ -44,7 +45,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlglot
@@ -77,47 +78,8 @@ def _random_one_level_down(window: exp.Window) -> None:
             ordered.set("this", exp.column(RANDOM_COLUMN))
 
 
-def _number(node: exp.Expr | None) -> float | None:
-    if isinstance(node, exp.Neg):
-        inner = _number(node.this)
-        return None if inner is None else -inner
-    if isinstance(node, exp.Literal) and not node.is_string:
-        return float(node.name)
-    return None
-
-
-def _unclamp(case: exp.Case, unclamped: dict[str, tuple[float, float]]) -> None:
-    """Replace SmartNoise's clamp of a column known to be within its bounds."""
-    default = case.args.get("default")
-    ifs = case.args.get("ifs") or []
-    if not isinstance(default, exp.Column) or default.table or len(ifs) != 2:
-        return
-    name = default.name
-    if name not in unclamped:
-        return
-    low, high = ifs
-    if not (isinstance(low.this, exp.LT) and isinstance(high.this, exp.GT)):
-        return
-    for cond in (low.this, high.this):
-        if not (isinstance(cond.this, exp.Column) and cond.this.name == name
-                and not cond.this.table):
-            return
-    lo, lo_value = _number(low.this.expression), _number(low.args.get("true"))
-    hi, hi_value = _number(high.this.expression), _number(high.args.get("true"))
-    lower, upper = unclamped[name]
-    if None in (lo, lo_value, hi, hi_value) or lo != lo_value or hi != hi_value:
-        return
-    assert lo is not None and hi is not None
-    if lo <= lower and upper <= hi:  # every value is in [lower, upper] ⊆ [lo, hi]
-        case.replace(exp.column(name))
-
-
-def _rewrite(smartnoise_sql: str, relation_sql: str,
-             unclamped: dict[str, tuple[float, float]]) -> str:
+def _rewrite(smartnoise_sql: str, relation_sql: str) -> str:
     tree = sqlglot.parse_one(smartnoise_sql, read="postgres")
-    if unclamped:  # before the relation is substituted: only SmartNoise's own clamps
-        for case in list(tree.find_all(exp.Case)):
-            _unclamp(case, unclamped)
     schema, name = RELATION.split(".")
     relation = sqlglot.parse_one(relation_sql, read="duckdb")
     for table in list(tree.find_all(exp.Table)):
@@ -136,20 +98,15 @@ def _rewrite(smartnoise_sql: str, relation_sql: str,
     return tree.sql(dialect="duckdb")
 
 
-def duckdb_sql(smartnoise_sql: str, relation_sql: str,
-               unclamped: Mapping[str, tuple[float, float]] | None = None) -> str:
-    """SmartNoise's SQL over ``dp.rel``, rewritten for DuckDB (see the module doc).
-
-    ``unclamped`` maps a value column to bounds its data was verified to meet.
-    """
-    bounds = dict(unclamped or {})
-    key = (smartnoise_sql, relation_sql, tuple(sorted(bounds.items())))
+def duckdb_sql(smartnoise_sql: str, relation_sql: str) -> str:
+    """SmartNoise's SQL over ``dp.rel``, rewritten for DuckDB (see the module doc)."""
+    key = (smartnoise_sql, relation_sql)
     with _translated_lock:
         found = _translated.get(key)
         if found is not None:
             _translated.move_to_end(key)
             return found
-    result = _rewrite(smartnoise_sql, relation_sql, bounds)
+    result = _rewrite(smartnoise_sql, relation_sql)
     with _translated_lock:
         _translated[key] = result
         while len(_translated) > 1024:
@@ -162,12 +119,10 @@ class DuckDBReader(SqlReader):  # type: ignore[misc]
 
     ENGINE = SnEngine.POSTGRES
 
-    def __init__(self, run: Runner, relation_sql: str,
-                 unclamped: Mapping[str, tuple[float, float]] | None = None) -> None:
+    def __init__(self, run: Runner, relation_sql: str) -> None:
         super().__init__(self.ENGINE)
         self._run = run
         self.relation_sql = relation_sql
-        self.unclamped = dict(unclamped or {})
         self.executed: list[str] = []
 
     @property
@@ -177,7 +132,7 @@ class DuckDBReader(SqlReader):  # type: ignore[misc]
     def execute(self, query: str, *ignore: Any, accuracy: bool = False) -> list[Any]:
         if not isinstance(query, str):
             raise ValueError("DuckDBReader.execute takes SQL text")
-        sql = duckdb_sql(query, self.relation_sql, self.unclamped)
+        sql = duckdb_sql(query, self.relation_sql)
         self.executed.append(sql)
         names, rows = self._run(sql)
         return [tuple(names), *rows]

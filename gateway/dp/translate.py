@@ -24,16 +24,22 @@ The query is split in two (:class:`DpQuery`):
 
 Only safe generated names reach SmartNoise, so DuckDB identifiers of any case
 or spelling work.
+
+When the engine keeps a bounded snapshot of the table (at most
+``max_rows_per_unit`` rows per unit, :mod:`gateway.snapshots`), the relation
+reads it instead of the table (:func:`over_snapshot`); everything else stays.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import sqlglot
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
-from gateway.errors import InputError, SqlError
+from gateway.errors import InputError, SqlError, StockadeError
 from policy.access import TableAccess, visible_columns
 from policy.locate import location
 from policy.principal import Principal
@@ -102,8 +108,6 @@ class DpQuery:
     bounds: tuple[tuple[str, float | None, float | None], ...]  # (v column, lower, upper)
     grouped: bool
     normalized: str  # the analyst's query, normalised (for the result cache)
-    #: (v column, source column) of each value column read as is (not masked).
-    raw_values: tuple[tuple[str, str], ...] = ()
 
 
 def _strip_alias(node: exp.Expr) -> tuple[str, exp.Expr]:
@@ -313,7 +317,6 @@ def translate(
          access.columns[c].upper if c in access.columns else None)
         for c, v in tr.values.items()
     )
-    masked = {m.lower() for m in access.masks}
     return DpQuery(
         access=access,
         relation_sql=relation,
@@ -322,7 +325,6 @@ def translate(
         bounds=bounds,
         grouped=group is not None,
         normalized=select.sql(dialect="duckdb", identify=True, normalize=True),
-        raw_values=tuple((v, c) for c, v in tr.values.items() if c.lower() not in masked),
     )
 
 
@@ -370,3 +372,35 @@ def _relation(
     if where is not None:
         outer = outer.where(requalify(where.this), copy=False)
     return outer.sql(dialect="duckdb", identify=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def over_snapshot(relation_sql: str, dataset: str, table: str, snapshot: str) -> str:
+    """``relation_sql`` reading the table reference ``snapshot`` instead of ``dataset.table``.
+
+    Only the table the policy subquery reads is swapped (it keeps the table's name
+    as its alias, so the policy's qualified columns still resolve); a relation of
+    another shape is refused rather than read unbounded.
+
+    >>> print(over_snapshot('SELECT "__r"."u" AS "u" FROM (SELECT "t"."x", "t"."p" AS '
+    ...                     '"__stockade_unit" FROM "d"."t" WHERE ("t"."ok")) AS "__r"',
+    ...                     "d", "t", '"__dp_bounded_1"."main"."bounded"'))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    SELECT "__r"."u" AS "u" FROM (SELECT "t"."x", "t"."p" AS "__stockade_unit"
+    FROM "__dp_bounded_1"."main"."bounded" AS "t" WHERE ("t"."ok")) AS "__r"
+    """
+    tree = sqlglot.parse_one(relation_sql, read="duckdb")
+    outer = tree.args.get("from_")
+    inner = outer.this if outer is not None else None
+    source = None
+    if isinstance(inner, exp.Subquery) and isinstance(inner.this, exp.Select):
+        found = inner.this.args.get("from_")
+        source = found.this if found is not None else None
+    if not (isinstance(source, exp.Table) and source.name == table and source.db == dataset
+            and not source.catalog and not source.alias):
+        raise StockadeError("The dp relation does not read its table where expected; "
+                            "cannot read the bounded snapshot")  # pragma: no cover
+    reference = sqlglot.parse_one(f"SELECT * FROM {snapshot}", read="duckdb").args["from_"].this
+    reference.set("alias", exp.TableAlias(this=exp.to_identifier(table, quoted=True)))
+    source.replace(reference)
+    return tree.sql(dialect="duckdb", identify=True)
