@@ -40,8 +40,9 @@ from gateway.ledger import Ledger
 from gateway.policy_state import LruCache as LruCache  # re-exported for gateway.server
 from gateway.policy_state import PolicyState, VisibleTable, no_parameters, redacting
 from gateway.policy_state import plan_key as plan_key  # re-exported
+from gateway.snapshots import ContributionBound
 from gateway.state import StateStore, User
-from policy.access import catalog_for
+from policy.access import catalog_for, dp_units
 from policy.loader import read_policy_file
 from policy.model import Policy
 from policy.pipeline import QueryPlan
@@ -551,6 +552,8 @@ def build_engine(
         spark = SparkEngine(Path(work_dir) / "spark",
                             SparkSettings(master=master, remote=remote))
     base_dir = Path(policy.file).resolve().parent if policy.file else Path.cwd()
+    # Bounded dp snapshots (gateway.snapshots); a routed engine samples in every query.
+    units = dp_units(policy) if not spark_specs else {}
     for number, (ds_name, dataset) in enumerate(sorted(policy.datasets.items())):
         for t_number, (t_name, table) in enumerate(sorted(dataset.tables.items())):
             options = {k: v for k, v in asdict(table.source).items() if v is not None}
@@ -560,7 +563,9 @@ def build_engine(
             if ds_name in spark_specs:
                 spark.add_table(ds_name, t_name, plan, options)
             else:
-                engine.add_table(ds_name, t_name, plan)
+                unit = units.get((ds_name, t_name))
+                engine.add_table(ds_name, t_name, plan,
+                                 bound=ContributionBound(*unit) if unit else None)
     engine.start()
     if spark is None:
         return engine

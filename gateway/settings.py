@@ -56,6 +56,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("policy", _REQUIRED, str, "the policy YAML file", "FILE"),
     Setting("data_dir", _REQUIRED, str,
@@ -70,6 +77,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("threads", 2, _positive, "DuckDB threads for analyst queries"),
     Setting("max_batch_bytes", 4 * 1024 * 1024, _positive,
             "largest Arrow record batch sent to a client (ADBC refuses messages over 16 MiB)"),
+    Setting("dp_snapshot_check_s", 60, _seconds,
+            "how often the files behind dp tables' bounded samples are hashed again, to "
+            "rebuild a sample when its source's content changed (0: never)"),
 )
 
 
@@ -85,6 +95,7 @@ class Settings:
     memory_limit: str
     threads: int
     max_batch_bytes: int
+    dp_snapshot_check_s: float
 
 
 def load_settings(given: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:

@@ -8,6 +8,7 @@ import re
 import threading
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 from test_dp_env import POLICY, DpEnv, open_env
@@ -219,16 +220,47 @@ def test_rare_groups_are_censored(env: DpEnv) -> None:
                    "ORDER BY age", user="bob").num_rows <= 3
 
 
-def test_rows_per_unit_are_bounded_and_values_clamped_in_every_query(env: DpEnv) -> None:
-    # No source is trusted to meet its bounds already: the query that runs bounds rows
-    # per unit and clamps, whatever the data (the work never depends on one person).
-    for table in ("visits", "crowded"):
-        sql = env.dp.aggregate_sql(env.plan(f"SELECT SUM(cost) AS s FROM {table}"))
-        assert "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)" in sql
-        assert 'CASE WHEN "v0" < 0.0 THEN 0.0 WHEN "v0" > 100.0 THEN 100.0 ELSE "v0" END' in sql
+SAMPLING = "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)"
+COST_CLAMP = 'CASE WHEN "v0" < 0.0 THEN 0.0 WHEN "v0" > 100.0 THEN 100.0 ELSE "v0" END'
 
 
-def test_sampling_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) -> None:
+def per_unit(env: DpEnv, source: str, unit: str = "patient_id") -> tuple[int, int]:
+    """(most rows of one unit, rows) of ``source`` read on the engine."""
+    cur = env.engine.cursor()
+    try:
+        row = cur.execute(f"SELECT max(c), sum(c) FROM (SELECT count(*) AS c FROM {source} "
+                          f"GROUP BY {unit})").fetchone()
+    finally:
+        cur.close()
+    return int(row[0]), int(row[1])
+
+
+def test_rows_per_unit_are_bounded_by_the_snapshot_not_by_a_check(env: DpEnv) -> None:
+    # Every dp table with a file source is read through its bounded snapshot, whether
+    # or not its data already met the bound: visits does (2 rows per patient, bound 2),
+    # crowded does not (patient 0 twice, bound 1).
+    assert per_unit(env, '"health"."visits"') == (2, 2000)
+    assert per_unit(env, '"health"."crowded"') == (2, 100)
+    for table, bounded in (("visits", (2, 2000)), ("crowded", (1, 99))):
+        with env.engine.bounded_source("health", table) as snapshot:
+            assert snapshot is not None and snapshot.unit == "patient_id"
+            assert per_unit(env, snapshot.sql) == bounded
+            sql = env.dp.aggregate_sql(env.plan(f"SELECT SUM(cost) AS s FROM {table}"))
+        assert snapshot.sql in sql and '"health"' not in sql  # never the table itself
+        assert "ROW_NUMBER" not in sql  # the snapshot is bounded: no sample in the query
+
+
+def test_sources_without_a_snapshot_are_always_sampled(tmp_path: Path) -> None:
+    env = open_env(tmp_path, snapshots=False)
+    with env.engine.bounded_source("health", "visits") as snapshot:
+        assert snapshot is None
+    sql = env.dp.aggregate_sql(env.plan("SELECT site, COUNT(*) AS n FROM visits GROUP BY site"))
+    assert SAMPLING in sql and '"health"."visits"' in sql
+    env.close()
+
+
+def test_sampling_runs_on_the_locked_engine_and_bounds_rows(tmp_path: Path) -> None:
+    env = open_env(tmp_path, snapshots=False)
     cur = env.engine.cursor()
     # crowded: 100 rows, patient 0 twice, at most 1 row per unit -> 99 rows counted.
     exact = cur.execute(env.dp.aggregate_sql(env.plan("SELECT COUNT(*) AS n FROM crowded"))
@@ -245,6 +277,53 @@ def test_sampling_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) -> None:
              for _ in range(40)}
     assert picks == {14.0, 15.0}  # both of unit 7's rows get chosen: a random sample
     cur.close()
+    env.close()
+
+
+@pytest.mark.parametrize("snapshots", [True, False])
+def test_values_are_always_clamped(tmp_path: Path, snapshots: bool) -> None:
+    # Every cost lies within [0, 100] (up to 49): the clamp is kept all the same.
+    env = open_env(tmp_path, snapshots=snapshots)
+    assert env.engine.cursor().execute(
+        'SELECT max(cost) FROM "health"."visits"').fetchone() == (49.0,)
+    sql = env.dp.aggregate_sql(env.plan("SELECT SUM(cost) AS s FROM visits"))
+    assert COST_CLAMP in sql
+    assert ("ROW_NUMBER" in sql) is not snapshots
+    env.close()
+
+
+def test_a_query_reads_one_snapshot_version_while_a_newer_one_is_swapped_in(
+        tmp_path: Path) -> None:
+    env = open_env(tmp_path)
+    with env.engine.bounded_source("health", "crowded") as before:
+        assert before is not None
+    run = env.engine.execute
+    changes: list[object] = []
+    executed: list[str] = []
+
+    def execute_after_a_change(sql, *args, **kwargs):  # type: ignore[no-untyped-def]
+        executed.append(sql)
+        if not changes:  # the source changes, and is seen, while the query runs
+            con = duckdb.connect()
+            con.execute(f"COPY (SELECT i AS patient_id, 20.0 AS cost FROM range(50) r(i)) "
+                        f"TO '{tmp_path / 'crowded.parquet'}' (FORMAT parquet)")
+            con.close()
+            changes.extend(env.engine.refresh_snapshots())
+        return run(sql, *args, **kwargs)
+
+    env.engine.execute = execute_after_a_change  # type: ignore[method-assign]
+    env.run("SELECT SUM(cost) AS s FROM crowded")
+    (sql,) = executed  # read once, from the version it started with
+    assert before.sql in sql and "ROW_NUMBER" not in sql
+    with env.engine.bounded_source("health", "crowded") as after:
+        assert after is not None and after.name != before.name
+    assert [(c.table, c.before, c.after) for c in changes] == [  # type: ignore[attr-defined]
+        ("crowded", before.name, after.name)]
+    cur = env.engine.cursor()  # the old version went when its last query ended
+    names = {r[0] for r in cur.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    cur.close()
+    assert after.name in names and before.name not in names
+    env.close()
 
 
 def test_plans_are_shared_by_users_of_one_role(env: DpEnv) -> None:

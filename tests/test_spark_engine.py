@@ -6,7 +6,6 @@ One local[2] Spark session for the whole module (it takes seconds to start).
 from __future__ import annotations
 
 import math
-
 import os
 import sys
 import time

@@ -31,11 +31,13 @@ and groups with undeclared keys are dropped, so which keys occur is never shown.
 ...             outputs=(), having=None, order=(), limit=None, bounds=(("v0", 0, 9),),
 ...             grouped=True, normalized="")
 >>> print(aggregate_sql(q, relation="dp.rel", sample=True).replace(" FROM", "\\nFROM")
-...       .replace(" AS __stockade_clamped", "\\nAS __stockade_clamped"))
+...       .replace(" AS __stockade_clamped", "\\nAS __stockade_clamped")
+...       .replace(" ORDER BY", "\\n  ORDER BY"))
 SELECT "v0", COUNT(*) AS m_keys, COUNT(*) AS m_count
 FROM (SELECT "v0"
 FROM (SELECT u, "v0"
-FROM (SELECT u, "v0", ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random) AS __stockade_row
+FROM (SELECT u, "v0", ROW_NUMBER() OVER (PARTITION BY u
+  ORDER BY __stockade_random) AS __stockade_row
 FROM (SELECT u, "v0", RANDOM() AS __stockade_random
 FROM dp.rel AS __stockade_rel) AS __s1) AS __s2 WHERE __stockade_row <= 2) AS __stockade_bounded)
 AS __stockade_clamped GROUP BY "v0"

@@ -44,7 +44,8 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,7 @@ from snsql.sql.privacy import Privacy
 from gateway.dp.aggregate import aggregate_sql
 from gateway.dp.mechanisms import CachedLaplace
 from gateway.dp.release import META, release
-from gateway.dp.translate import KEYCOUNT, UNIT, DpQuery, translate
+from gateway.dp.translate import KEYCOUNT, UNIT, DpQuery, over_snapshot, translate
 from gateway.engine import Engine
 from gateway.errors import InputError, QueryFailedError, StockadeError
 from gateway.ledger import Balance, Cost, Ledger
@@ -270,14 +271,30 @@ class PrivateQueries:
         """What ``plan`` would be charged (SmartNoise's odometer); charges nothing."""
         return self._priced_plan(plan).cost
 
-    def _source(self, plan: DpPlan) -> tuple[str, bool]:
-        """The relation to read and whether the query must bound rows per unit itself."""
-        return plan.query.relation_sql, True
+    @contextmanager
+    def _reading(self, plan: DpPlan) -> Iterator[str]:
+        """The SQL that reads ``plan``'s exact measurements, valid for the ``with`` block.
+
+        Over the table's bounded snapshot when the engine keeps one for the table's
+        unit and bound (:mod:`gateway.snapshots`; the block holds it), else bounding
+        rows per unit in the query itself.
+        """
+        q = plan.query
+        access = q.access
+        with self.engine.bounded_source(access.dataset, access.table) as snapshot:
+            relation, sample = q.relation_sql, True
+            if snapshot is not None and access.privacy_unit is not None \
+                    and snapshot.unit.lower() == access.privacy_unit.lower() \
+                    and snapshot.max_rows <= (access.max_rows_per_unit or 1):
+                relation = over_snapshot(relation, access.dataset, access.table,
+                                         snapshot.sql)
+                sample = False
+            yield aggregate_sql(q, relation=relation, sample=sample)
 
     def aggregate_sql(self, plan: DpPlan) -> str:
         """The SQL that reads the exact measurements of ``plan`` (what runs on the engine)."""
-        relation, sample = self._source(plan)
-        return aggregate_sql(plan.query, relation=relation, sample=sample)
+        with self._reading(plan) as sql:
+            return sql
 
     def _checked(self, plan: DpPlan) -> _Priced:
         """Priced, and type-checked against the engine without reading data."""
@@ -331,7 +348,8 @@ class PrivateQueries:
             return _with_spend(_from_ipc(charge.answer), plan, Cost(0.0, 0.0), charge.balance,
                                cached=True)
         try:
-            exact = self.engine.execute(self.aggregate_sql(plan), timeout_s=timeout_s).read_all()
+            with self._reading(plan) as sql:
+                exact = self.engine.execute(sql, timeout_s=timeout_s).read_all()
             table = release(plan.query, exact, priced.mechanisms, threshold=priced.threshold,
                             epsilon=plan.epsilon, delta=plan.delta, unclamped=plan.unclamped)
         except Exception as exc:  # after the charge: one fixed message, nothing refunded

@@ -27,6 +27,10 @@ A query compiles to a :class:`DpQuery`:
   expressions over the noisy measurements and the group keys, evaluated after
   the noise (post-processing: :mod:`gateway.dp.release`).
 
+When the engine keeps a bounded snapshot of the table (at most
+``max_rows_per_unit`` rows per unit, :mod:`gateway.snapshots`), the relation
+reads it instead of the table (:func:`over_snapshot`); everything else stays.
+
 >>> from policy.loader import parse_policy
 >>> from policy.principal import Principal
 >>> from policy.access import catalog_for
@@ -59,13 +63,15 @@ A query compiles to a :class:`DpQuery`:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlglot
 from sqlglot import exp
 
-from gateway.errors import InputError, SqlError
+from gateway.errors import InputError, SqlError, StockadeError
 from policy.access import TableAccess, visible_columns
 from policy.locate import location
 from policy.principal import Principal
@@ -578,3 +584,35 @@ def _relation(
     if where is not None:
         outer = outer.where(requalify(where.this), copy=False)
     return outer.sql(dialect="duckdb", identify=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def over_snapshot(relation_sql: str, dataset: str, table: str, snapshot: str) -> str:
+    """``relation_sql`` reading the table reference ``snapshot`` instead of ``dataset.table``.
+
+    Only the table the policy subquery reads is swapped (it keeps the table's name
+    as its alias, so the policy's qualified columns still resolve); a relation of
+    another shape is refused rather than read unbounded.
+
+    >>> print(over_snapshot('SELECT "__r"."u" AS "u" FROM (SELECT "t"."x", "t"."p" AS '
+    ...                     '"__stockade_unit" FROM "d"."t" WHERE ("t"."ok")) AS "__r"',
+    ...                     "d", "t", '"__dp_bounded_1"."main"."bounded"'))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    SELECT "__r"."u" AS "u" FROM (SELECT "t"."x", "t"."p" AS "__stockade_unit"
+    FROM "__dp_bounded_1"."main"."bounded" AS "t" WHERE ("t"."ok")) AS "__r"
+    """
+    tree = sqlglot.parse_one(relation_sql, read="duckdb")
+    outer = tree.args.get("from_")
+    inner = outer.this if outer is not None else None
+    source = None
+    if isinstance(inner, exp.Subquery) and isinstance(inner.this, exp.Select):
+        found = inner.this.args.get("from_")
+        source = found.this if found is not None else None
+    if not (isinstance(source, exp.Table) and source.name == table and source.db == dataset
+            and not source.catalog and not source.alias):
+        raise StockadeError("The dp relation does not read its table where expected; "
+                            "cannot read the bounded snapshot")  # pragma: no cover
+    reference = sqlglot.parse_one(f"SELECT * FROM {snapshot}", read="duckdb").args["from_"].this
+    reference.set("alias", exp.TableAlias(this=exp.to_identifier(table, quoted=True)))
+    source.replace(reference)
+    return tree.sql(dialect="duckdb", identify=True)
