@@ -56,6 +56,11 @@ datasets:
         source: {format: parquet, path: counts.parquet}
         privacy_unit: id
         max_rows_per_unit: 1
+      keyed:
+        source: {format: parquet, path: counts.parquet}
+        privacy_unit: id
+        max_rows_per_unit: 1
+        public_keys: {g: [0, 1, 2, 3, 500, 501]}
   open:
     tables:
       plain:

@@ -16,7 +16,7 @@ from test_dp_env import POLICY, DpEnv, open_env
 from gateway.dp.aggregate import bounded as bounded_rows
 from gateway.dp.translate import DpQueryError
 from gateway.errors import InputError, StockadeError
-from gateway.ledger import ASK_FOR_MORE, BudgetExceededError
+from gateway.ledger import ASK_FOR_MORE, BudgetExceededError, Cost
 from policy.loader import parse_policy
 
 
@@ -457,3 +457,26 @@ def test_casts_and_rounding_keep_numeric_types(env: DpEnv, sql: str,
     assert env.dp.result_schema(env.plan(sql)).field("c").type == arrow_type
     (value,) = table.column("c").to_pylist()
     assert isinstance(value, float if pa.types.is_floating(arrow_type) else int)
+
+
+def test_public_keys_release_every_declared_group_and_only_those(env: DpEnv) -> None:
+    # g takes the values 0..199 (1,000 people each); the owner declared 0-3 and 500-501.
+    sql = "SELECT g, COUNT(*) AS n FROM keyed GROUP BY g"
+    plan = env.plan(sql)
+    assert plan.delta == 0.0  # no rare groups to hide: no δ
+    assert env.dp.cost(plan) == Cost(0.5, 0.0)  # the count only, no key count
+    table = env.dp.execute(plan)
+    assert table["g"].to_pylist() == [0, 1, 2, 3, 500, 501]  # declared, in key order
+    scale = float(table.schema.field("n").metadata[b"stockade.dp.scale"])
+    n = table["n"].to_pylist()
+    # Laplace(b) exceeds 30 b with probability e^-30.
+    assert all(abs(v - 1000) < 30 * scale for v in n[:4])
+    assert all(abs(v) < 30 * scale for v in n[4:])  # no rows: noisy zeros (made >= 0)
+    # A key outside the declaration is never released, whatever the data.
+    assert env.run("SELECT g, COUNT(*) AS n FROM keyed WHERE g >= 100 GROUP BY g"
+                   )["g"].to_pylist() == [0, 1, 2, 3, 500, 501]
+
+
+def test_public_keys_need_every_grouping_column_declared(env: DpEnv) -> None:
+    plan = env.plan("SELECT g, id % 2 AS odd, COUNT(*) AS n FROM keyed GROUP BY g, id % 2")
+    assert plan.query.public_keys is None and plan.delta > 0  # censored as usual
