@@ -39,7 +39,7 @@ from typing import Any
 
 import pyarrow.flight as flight
 
-from gateway.dialects import DIALECT_HEADER, EPSILON_HEADER
+from gateway.dialects import DIALECT_HEADER, DP_PARTS_HEADER, EPSILON_HEADER
 from gateway.errors import AuthenticationError
 from gateway.flight_errors import to_flight_error
 from gateway.state import WRONG_CREDENTIALS, LoginError, StateStore, User
@@ -165,9 +165,9 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
     back in the ``authorization`` response header. ``session_id`` identifies the
     login (a digest of its bearer token, never the token): a client that logs in
     once per connection, as ADBC and JDBC do, keeps it for the connection.
-    ``dialect`` and ``epsilon`` are the call's ``x-stockade-dialect`` and
-    ``x-stockade-epsilon`` headers, if any (pyarrow's call context has no header
-    accessor, so they are read here).
+    ``dialect``, ``epsilon`` and ``dp_parts`` are the call's ``x-stockade-dialect``,
+    ``x-stockade-epsilon`` and ``x-stockade-dp-parts`` headers, if any (pyarrow's
+    call context has no header accessor, so they are read here).
     """
 
     def __init__(
@@ -179,6 +179,7 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         session_id: str | None = None,
         dialect: str | None = None,
         epsilon: str | None = None,
+        dp_parts: str | None = None,
     ) -> None:
         super().__init__()
         self.user = user
@@ -187,6 +188,7 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         self.session_id = session_id
         self.dialect = dialect
         self.epsilon = epsilon
+        self.dp_parts = dp_parts
 
     def sending_headers(self) -> dict[str, str]:
         if self.token is None:
@@ -274,12 +276,13 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         scheme = scheme.lower()
         dialect = first_header(headers, DIALECT_HEADER)
         epsilon = first_header(headers, EPSILON_HEADER)
+        dp_parts = first_header(headers, DP_PARTS_HEADER)
         if scheme == "bearer":
             token = credentials.strip()
             user = self.store.user_for_token(token)
             return AuthMiddleware(user, self.principal_for(user),
                                   session_id=session_id(token), dialect=dialect,
-                                  epsilon=epsilon)
+                                  epsilon=epsilon, dp_parts=dp_parts)
         if scheme == "basic":
             name, password = decode_basic(credentials)
             user = self._login(name, password)
@@ -287,7 +290,7 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
             token = self.store.issue_token(user, self.token_ttl_s)
             return AuthMiddleware(user, principal, token,
                                   session_id=session_id(token), dialect=dialect,
-                                  epsilon=epsilon)
+                                  epsilon=epsilon, dp_parts=dp_parts)
         raise AuthenticationError(MALFORMED_HEADER)
 
     def _login(self, name: str, password: str) -> User:

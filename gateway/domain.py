@@ -292,16 +292,18 @@ class Domain:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> pa.Schema:
         """The schema of ``sql``'s answer (a prepared statement, GetSchema).
 
-        Nothing runs; a refusal is audited.
+        Nothing runs; a refusal is audited. ``unclamped``: a dp answer's parts as
+        a network node asks for them (:class:`gateway.dp.queries.DpPlan`).
         """
         started = time.perf_counter()
         try:
             with self.pinned() as state:
                 return state.result_schema(principal, sql, parameters, dialect=dialect,
-                                           epsilon=epsilon)
+                                           epsilon=epsilon, unclamped=unclamped)
         except Exception as exc:
             self._audit(principal, sql, started, error=exc)
             raise
@@ -320,15 +322,18 @@ class Domain:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> DpPlan | None:
         """The dp plan of ``sql``, or None when it reads no ``dp`` table.
 
         ε and δ: a leading ``/* epsilon: …; delta: … */`` comment wins over
         ``epsilon`` (the session's or connection's), which wins over the grant's
-        ``epsilon_per_query``.
+        ``epsilon_per_query``. ``unclamped``: release the noisy parts unclamped
+        (see :class:`gateway.dp.queries.DpPlan`).
         """
         with self.pinned() as state:
-            return state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+            return state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon,
+                                 unclamped=unclamped)
 
     def dp_cost(
         self, principal: Principal, sql: str, *, dialect: str | None = None,
@@ -373,6 +378,7 @@ class Domain:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> pa.Schema:
         """The schema of the answer the caller is about to fetch (GetFlightInfo).
 
@@ -383,7 +389,8 @@ class Domain:
         started = time.perf_counter()
         with self.pinned() as state:
             try:
-                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon,
+                                   unclamped=unclamped)
                 if dp is None:
                     return state.result_schema(principal, sql, parameters, dialect=dialect)
                 no_parameters(parameters)
@@ -463,6 +470,7 @@ class Domain:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> pa.RecordBatchReader:
         """Run ``sql`` as ``principal``; audited once, when the stream ends.
 
@@ -475,7 +483,8 @@ class Domain:
         with self.pinned() as state:
             limits = state.policy.limits_for(principal.role)
             try:
-                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon,
+                                   unclamped=unclamped)
                 if dp is None:
                     plan = state.plan(principal, sql, dialect=dialect)
                     log.info("query by %s: %s", principal.user, plan.display_sql)

@@ -159,9 +159,11 @@ class PolicyState:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> pa.Schema:
         """The schema of ``sql``'s answer; nothing runs, nothing is audited."""
-        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon,
+                          unclamped=unclamped)
         if dp is not None:
             no_parameters(parameters)
             return self.dp.result_schema(dp)
@@ -201,8 +203,10 @@ class PolicyState:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> DpPlan | None:
-        """The dp plan of ``sql``, or None when it reads no ``dp`` table."""
+        """The dp plan of ``sql``, or None when it reads no ``dp`` table (``unclamped``:
+        its noisy parts unclamped, see :class:`gateway.dp.queries.DpPlan`)."""
         if not self.reads_dp(principal, sql, dialect=dialect):
             return None
         options, _ = query_options(sql)
@@ -212,7 +216,7 @@ class PolicyState:
         delta = check_epsilon(options["delta"], what="δ") if "delta" in options else None
         return self.dp.plan(text, policy=self.policy, principal=principal,
                             schemas=self.schemas, epsilon=epsilon, delta=delta,
-                            dialect=resolved)
+                            dialect=resolved, unclamped=unclamped)
 
     def parameter_schema(
         self, principal: Principal, sql: str, *, dialect: str | None = None

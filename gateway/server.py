@@ -25,7 +25,14 @@ import pyarrow.flight as flight
 
 from gateway import admin
 from gateway.auth import AuthMiddleware, AuthMiddlewareFactory, NoOpHandshake
-from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, check_epsilon
+from gateway.dialects import (
+    DIALECT_OPTION,
+    DP_PARTS_HEADER,
+    EPSILON_OPTION,
+    check_dialect,
+    check_epsilon,
+    check_flag,
+)
 from gateway.domain import Domain, LruCache, parameter_values
 from gateway.errors import AuthenticationError, InputError
 from gateway.flightsql.schemas import annotate_schema, like_match
@@ -133,6 +140,12 @@ class DomainServer(FlightSqlServer):
         header = self._middleware(context).epsilon
         return check_epsilon(header) if header is not None else None
 
+    def dp_parts(self, context: flight.ServerCallContext) -> bool:
+        """Whether the caller asked for a dp answer's parts unclamped (a network node
+        merging domains sends ``x-stockade-dp-parts: true``)."""
+        header = self._middleware(context).dp_parts
+        return check_flag(header, what=DP_PARTS_HEADER) if header is not None else False
+
     # -- actions ----------------------------------------------------------------------
 
     def custom_actions(self) -> Sequence[tuple[str, str]]:
@@ -222,6 +235,7 @@ class DomainServer(FlightSqlServer):
         return self.domain.result_schema(
             self.principal(context), query, parameter_values(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
+            unclamped=self.dp_parts(context),
         )
 
     def execution_schema(
@@ -230,6 +244,7 @@ class DomainServer(FlightSqlServer):
         return self.domain.answer_schema(
             self.principal(context), query, parameter_values(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
+            unclamped=self.dp_parts(context),
         )
 
     def parameter_schema(self, context: flight.ServerCallContext, query: str) -> pa.Schema:
@@ -243,4 +258,5 @@ class DomainServer(FlightSqlServer):
         return self.domain.execute(
             self.principal(context), query, parameter_values(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
+            unclamped=self.dp_parts(context),
         )

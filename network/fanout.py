@@ -2,7 +2,9 @@
 
 The planner (:mod:`network.federate`) splits the analyst's aggregate into parts
 each domain can answer; here the parts run, in parallel, on the holders, with
-the analyst's credentials and options, and the planner merges the answers.
+the analyst's credentials and options, and the planner merges the answers. Every
+part is asked with ``x-stockade-dp-parts: true``: a dp domain releases its noisy
+parts unclamped, and the merge clamps once.
 
 Which domains take part: every domain is asked for its tables (as the analyst
 sees them); those that hold the table with the columns the query needs, of
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from gateway.dialects import DP_PARTS_HEADER
 from gateway.errors import (
     AuthenticationError,
     InputError,
@@ -194,12 +197,17 @@ class Federation:
         return cached
 
 
+#: Sent with every part: a dp domain releases its noisy parts unclamped, and the merge
+#: clamps once (see :mod:`network.federate_merge`).
+PART_HEADERS = ((DP_PARTS_HEADER.encode(), b"true"),)
+
+
 def _part(link: DomainLink, sql: str) -> Any:
-    return lambda token: link.table(token, sql)
+    return lambda token: link.table(token, sql, PART_HEADERS)
 
 
 def _schema_of(link: DomainLink, sql: str) -> Any:
-    return lambda token: link.query_schema(token, sql)
+    return lambda token: link.query_schema(token, sql, PART_HEADERS)
 
 
 def _ordered(failed: Mapping[str, StockadeError], links: Mapping[str, DomainLink]
