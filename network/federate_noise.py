@@ -97,6 +97,8 @@ def components(metadata: Mapping[bytes, bytes] | None) -> list[Component]:
     answer whose mechanism list does not match its scales (older domains) is read from
     each draw's half-width: ``ln(20)·b`` for Laplace, ``1.96·σ`` for Gaussian.
 
+    >>> components({b"stockade.dp.scale": b"inf"})
+    []
     >>> components({b"stockade.dp.mechanism": b"laplace,gaussian",
     ...             b"stockade.dp.scale": b"2.0,1.0"})  # doctest: +ELLIPSIS
     [Component(mechanism='laplace', scale=2.0, ...), Component(mechanism='gaussian', ...)]
@@ -115,6 +117,8 @@ def components(metadata: Mapping[bytes, bytes] | None) -> list[Component]:
         widths = [float(v) for v in raw_widths.split(b",")] if raw_widths else []
     except ValueError:
         return []
+    if not all(math.isfinite(v) and v >= 0 for v in scales + widths):
+        return []  # nothing sensible can be said (and nothing may break the merge)
     declared = [m.strip() for m in meta.get(b"stockade.dp.mechanism", b"").decode().split(",")]
     found = []
     for i, scale in enumerate(scales):
@@ -186,7 +190,10 @@ def domain_noise(split: Split, table: pa.Table) -> DomainNoise:
                 try:
                     centres[part.arg] = float(centre) if centre else 0.0
                 except ValueError:
+                    centres[part.arg] = math.nan
+                if not math.isfinite(centres[part.arg]):
                     own[total, part.arg] = None
+                    centres[part.arg] = 0.0
     noise = DomainNoise()
     for (total, arg), component in own.items():
         if component is None:

@@ -595,6 +595,15 @@ def test_the_network_asks_domains_for_unclamped_parts(lab, conns):  # type: igno
             pytest.approx(1.8)  # count, sum, squares at 0.6
     err = error_of(conns(user, password, url=url, **{header: "maybe"}), part)
     assert "x-stockade-dp-parts takes true or false, not 'maybe'" in str(err)
+    # The network asks for parts: each domain stored (and charged) the unclamped answer.
+    federated = "SELECT AVG(age) AS a FROM federated.oncology.screenings WHERE age > 2000"
+    run(conns(user, password), federated)
+    part = "/* dialect: duckdb */ " + plan_federated(federated).domain_sql
+    for d in lab.domains.values():
+        principal = d.domain.principal_for(d.domain.store.get_user(user))
+        for unclamped, stored in ((True, True), (False, False)):
+            plan = d.domain.dp_plan(principal, part, unclamped=unclamped)
+            assert (d.domain.ledger.answer(plan.key) is not None) is stored, d.name
 
 
 def test_a_group_suppressed_by_a_domain_stays_suppressed(lab, conns):  # type: ignore[no-untyped-def]
