@@ -210,8 +210,9 @@ def _check_shape(expression: exp.Expr) -> exp.Select:
             raise _refuse(f"dp mode does not support {key.upper()}; " + _WRITE + " with "
                           "WHERE, GROUP BY, HAVING, ORDER BY and LIMIT")
     group = expression.args.get("group")
-    if group is not None and any(group.args.get(k) for k in ("rollup", "cube",
-                                                              "grouping_sets")):
+    if group is not None and (any(group.args.get(k) for k in ("rollup", "cube",
+                                                               "grouping_sets"))
+                              or group.find(exp.Rollup, exp.Cube, exp.GroupingSets)):
         raise _refuse("dp mode does not support ROLLUP, CUBE or GROUPING SETS; run one "
                       "GROUP BY per grouping you need", group)
     placeholder = expression.find(exp.Placeholder, exp.Parameter)
