@@ -355,7 +355,8 @@ class PrivateQueries:
         except Exception as exc:  # after the charge: one fixed message, nothing refunded
             log.error("dp query of %s on %s failed after its charge: %s: %s", plan.user,
                       access.qualified_name, type(exc).__name__, exc)
-            raise DpFailedError(priced.cost, f"{type(exc).__name__}: {exc}") from None
+            detail = getattr(exc, "detail", None) or str(exc)
+            raise DpFailedError(priced.cost, f"{type(exc).__name__}: {detail}") from None
         self.ledger.store_answer(key, plan.user, access.dataset, charge.charge_id,
                                  _to_ipc(table))
         return _with_spend(table, plan, priced.cost, charge.balance, cached=False)
