@@ -179,8 +179,8 @@ that fails, or wrap it in TRY(expression) to get NULL instead of an error.'
     for kind, text in RUNTIME_ERRORS:
         if isinstance(exc, kind):
             return text
-    kind = type(exc).__name__.removesuffix("Exception").removesuffix("Error") or "Engine"
-    return RUNTIME_ERROR.format(kind=f"{kind} error")
+    name = type(exc).__name__.removesuffix("Exception").removesuffix("Error") or "Engine"
+    return RUNTIME_ERROR.format(kind=f"{name} error")
 
 
 def engine_error(exc: BaseException, *, timeout_s: float | None = None,

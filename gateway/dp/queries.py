@@ -63,6 +63,7 @@ from gateway.ledger import Balance, Cost, Ledger
 from policy.access import catalog_for, dataset_grant
 from policy.model import Policy
 from policy.principal import Principal
+from policy.rules.check_costs import check_costs
 from policy.rules.check_functions import check_functions
 from policy.rules.parse import parse
 from policy.rules.qualify_columns import qualify_columns
@@ -86,7 +87,7 @@ FAILED_AFTER_CHARGE = (
     "keys, and check the cost first with stockade.cost."
 )
 
-_RULES = (validate_statement, resolve_tables, check_functions, qualify_columns)
+_RULES = (validate_statement, resolve_tables, check_functions, check_costs, qualify_columns)
 
 
 class DpFailedError(QueryFailedError):
