@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH
 
 _REQUIRED = object()
 
@@ -70,6 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("threads", 2, _positive, "DuckDB threads for analyst queries"),
     Setting("max_batch_bytes", 4 * 1024 * 1024, _positive,
             "largest Arrow record batch sent to a client (ADBC refuses messages over 16 MiB)"),
+    Setting("max_pattern_length", DEFAULT_MAX_PATTERN_LENGTH, _positive,
+            "longest LIKE pattern accepted by GetDbSchemas/GetTables, in characters"),
 )
 
 
@@ -85,6 +88,7 @@ class Settings:
     memory_limit: str
     threads: int
     max_batch_bytes: int
+    max_pattern_length: int
 
 
 def load_settings(given: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:

@@ -106,7 +106,8 @@ class NetworkServer(FlightSqlServer):
                                   "middleware": {AUTH: NetworkAuthFactory(self.sessions)}}
         if tls_certificates:
             kwargs["tls_certificates"] = list(tls_certificates)
-        super().__init__(location, max_batch_bytes=max_batch_bytes, **kwargs)
+        super().__init__(location, max_batch_bytes=max_batch_bytes,
+                         max_pattern_length=settings.max_pattern_length, **kwargs)
         if start_health:
             self.health.start()
 
