@@ -69,11 +69,18 @@ class DomainServer(FlightSqlServer):
     # -- identity -------------------------------------------------------------------
 
     def _middleware(self, context: flight.ServerCallContext) -> AuthMiddleware:
+        """The caller's middleware, its login checked (with the client's address if deferred)."""
         middleware = context.get_middleware(AUTH)
         if not isinstance(middleware, AuthMiddleware):
             raise AuthenticationError("Authentication required: connect with a user name "
                                       "and password.")
+        middleware.verify(context.peer())
         return middleware
+
+    def check_caller(self, context: flight.ServerCallContext, action_type: str | None = None
+                     ) -> None:
+        """Every call needs a login (the middleware refuses calls without credentials)."""
+        self._middleware(context)
 
     def principal(self, context: flight.ServerCallContext) -> Principal:
         return self._middleware(context).principal

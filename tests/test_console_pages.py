@@ -618,11 +618,22 @@ def test_network_page_shows_each_domains_health(gateway, owner, monkeypatch):  #
     try:
         monkeypatch.setenv("STOCKADE_NETWORK", url)
         at = console(owner, "page_network.py")
+        # The network answers logged-in users only: the page asks for a login of its own.
+        assert "answers logged-in users only" in texts(at) and not at.dataframe
+        assert at.text_input(key="network_user").value == "owner"  # the console's user
+        at.text_input(key="network_password").set_value("not-the-password")
+        at.button(key="network_submit").click().run()
+        [message] = errors(at)
+        assert message.startswith("Wrong user name or password")
+        at.text_input(key="network_password").set_value(USERS["owner"][1])
+        at.button(key="network_submit").click().run()
         said = texts(at)
         assert "1 of 2 domains up" in said
         assert "Domain 'west_wing' is down" in said
         health = table(at, "domain", "state").set_index("domain")
         assert health.loc["st_marys", "state"] == "up"
         assert health.loc["west_wing", "state"] == "down"
+        at.button(key="network_logout").click().run()
+        assert "answers logged-in users only" in texts(at)
     finally:
         server.shutdown()
