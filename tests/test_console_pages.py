@@ -286,6 +286,20 @@ def test_deny_needs_a_reason(gateway, owner, analyst):  # type: ignore[no-untype
     assert mine["status"] == "denied" and mine["decision_reason"] == "Not for this project"
 
 
+def test_a_request_for_no_dataset_is_marked_for_the_owner(gateway, owner, analyst):  # type: ignore[no-untyped-def]
+    # The analyst cannot tell a denied dataset from a missing one; the owner can.
+    name, me = analyst
+    missing = me.action("stockade.request_access", {"dataset": "vaults", "mode": "raw",
+                                                    "reason": "Heard of it"})["id"]
+    denied = me.action("stockade.request_access", {"dataset": "secret", "mode": "raw",
+                                                   "reason": "Heard of it too"})["id"]
+    at = console(owner, "page_requests.py")
+    warnings = [w.value for w in at.warning]
+    assert "'vaults' is not a dataset of the policy." in warnings
+    assert "'secret' is not a dataset of the policy." not in warnings
+    assert f"#{missing} · {name}" in texts(at) and f"#{denied} · {name}" in texts(at)
+
+
 def test_approving_zero_epsilon_is_refused(gateway, owner, analyst):  # type: ignore[no-untyped-def]
     name, me = analyst
     rid = me.action("stockade.request_budget",
