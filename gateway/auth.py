@@ -112,22 +112,25 @@ class DeferredLogin:
     expires: float
     _password: str | None = field(repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _outcome: tuple[bool, Any] | None = field(default=None, repr=False)
+    _settled: bool = field(default=False, repr=False)
+    _result: Any = field(default=None, repr=False)
+    _error: Exception | None = field(default=None, repr=False)
 
     def settle(self, check: Callable[[str, str], T]) -> T:
         """``check(name, password)``, run once; later calls get its result or error."""
         with self._lock:
-            if self._outcome is None:
+            if not self._settled:
                 try:
-                    self._outcome = (True, check(self.name, self._password or ""))
+                    self._result = check(self.name, self._password or "")
                 except Exception as exc:
-                    self._outcome = (False, exc)
+                    self._error = exc
                 finally:
+                    self._settled = True
                     self._password = None
-        ok, value = self._outcome
-        if not ok:
-            raise value
-        return value  # type: ignore[no-any-return]
+        if self._error is not None:
+            raise self._error
+        result: T = self._result
+        return result
 
 
 class DeferredLogins:
