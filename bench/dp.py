@@ -9,9 +9,11 @@ One process, one Parquet file per size, the same query
   the same file, with its default settings (per-unit sampling, scale search on
   every call);
 - **Stockade dp**: :class:`gateway.dp.PrivateQueries` on the engine, including
-  the budget charge in the state store; rows per unit verified, so no sampling;
-- **Stockade dp, sampled**: the same with a source whose rows per unit cannot be
-  verified (the sample is kept).
+  the budget charge in the state store; the engine keeps a bounded snapshot of
+  the file (at most ``max_rows_per_unit`` rows per unit, :mod:`gateway.snapshots`),
+  so the query reads it and does not sample;
+- **Stockade dp, sampled**: the same on an engine that keeps no snapshot (as for
+  a live source such as PostgreSQL): every query samples per unit.
 
 Every timed Stockade call is a fresh query (another user each time), never an
 answer from the result cache; as in the server, users of one role share the checked
@@ -37,9 +39,9 @@ from argon2 import PasswordHasher
 
 import connectors
 from gateway.dp import PrivateQueries
-from gateway.dp.bounds import UnitBounds
 from gateway.engine import Engine
 from gateway.ledger import Ledger
+from gateway.snapshots import ContributionBound
 from gateway.state import StateStore
 from policy.loader import parse_policy
 from policy.principal import Principal
@@ -96,8 +98,8 @@ def smartnoise_alone(path: Path) -> Callable[[], Any]:
     from snsql import Privacy
     from snsql.metadata import Float, Int, Metadata, Table
     from snsql.sql.private_reader import PrivateReader
-
-    from gateway.dp.reader import DuckDBReader
+    from snsql.sql.reader.base import SqlReader
+    from snsql.sql.reader.engine import Engine as SnEngine
 
     con = duckdb.connect()
     con.execute("SET threads = 2")
@@ -109,8 +111,17 @@ def smartnoise_alone(path: Path) -> Callable[[], Any]:
         cur.execute(sql)
         return [d[0] for d in cur.description], cur.fetchall()
 
-    class PlainReader(DuckDBReader):
-        """SmartNoise's SQL run as is (no relation, no rewrites)."""
+    class PlainReader(SqlReader):  # type: ignore[misc]
+        """SmartNoise's SQL run as is on DuckDB (PostgreSQL's name rules, no rewrites)."""
+
+        ENGINE = SnEngine.POSTGRES
+
+        def __init__(self) -> None:
+            super().__init__(self.ENGINE)
+
+        @property
+        def engine(self) -> str:
+            return str(self.ENGINE)
 
         def execute(self, query: str, *ignore: Any, accuracy: bool = False) -> list[Any]:
             names, rows = run_sql(query)
@@ -121,7 +132,7 @@ def smartnoise_alone(path: Path) -> Callable[[], Any]:
                                max_ids=2)], engine="postgres")
 
     def run() -> Any:
-        reader = PrivateReader(PlainReader(run_sql, ""), metadata,
+        reader = PrivateReader(PlainReader(), metadata,
                                privacy=Privacy(epsilon=EPSILON, delta=DELTA))
         return reader.execute(QUERY.replace("FROM t", "FROM bench.t"))
 
@@ -132,18 +143,22 @@ def measure(rows: int, repeats: int) -> dict[str, float]:
     path = make_data(rows)
     with tempfile.TemporaryDirectory() as tmp:
         policy = parse_policy(POLICY.replace("PATH", str(path)), base_dir=str(path.parent))
+        table = policy.datasets["bench"].tables["t"]
+        assert table.privacy_unit is not None and table.max_rows_per_unit is not None
+        bound = ContributionBound(table.privacy_unit, table.max_rows_per_unit)
+        plan = connectors.get("parquet").plan(
+            {"format": "parquet", "path": str(path)}, base_dir=path.parent, alias="src_t")
         engine = Engine(Path(tmp) / "engine")
-        source = policy.datasets["bench"].tables["t"].source
-        engine.add_table("bench", "t", connectors.get("parquet").plan(
-            {"format": "parquet", "path": str(path)}, base_dir=path.parent, alias="src_t"))
-        assert source.path is not None
+        engine.add_table("bench", "t", plan, bound=bound)  # keeps a bounded snapshot
         engine.start()
+        unbounded = Engine(Path(tmp) / "unbounded")
+        unbounded.add_table("bench", "t", plan)  # no snapshot: every query samples
+        unbounded.start()
         store = StateStore(Path(tmp) / "state", hasher=PasswordHasher(memory_cost=8192))
         ledger = Ledger(store)
         schemas = {("bench", "t"): engine.columns("bench", "t")}
         fast = PrivateQueries(engine, ledger)
-        sampled = PrivateQueries(engine, ledger,
-                                 bounds=UnitBounds(engine, fingerprint=lambda d, t: None))
+        sampled = PrivateQueries(unbounded, ledger)
         counter = iter(range(1_000_000))
 
         def stockade(service: PrivateQueries) -> Callable[[], Any]:
@@ -175,6 +190,7 @@ def measure(rows: int, repeats: int) -> dict[str, float]:
         result["plain_again"] = timed(plain, repeats)
         store.close()
         engine.close()
+        unbounded.close()
     return result
 
 
@@ -222,9 +238,11 @@ every Stockade run a fresh query (another user each time), never a cached answer
 ![dp](benchmarks-dp.png)
 
 {table(result['results'])}
-Goals: dp / plain ≤ 2×, SmartNoise / dp ≥ 10×. Sampling and clamping are kept when the
-source's rows per unit cannot be verified (*sampled*); *new SQL* is a query never seen
-before (planned and rewritten by SmartNoise on the call).
+Goals: dp / plain ≤ 2×, SmartNoise / dp ≥ 10×. *Stockade dp* reads the engine's bounded
+snapshot of the file (at most `max_rows_per_unit` rows per unit, drawn once per content
+version); *sampled* is the same query on an engine without a snapshot, which samples per
+unit in every query, as for a live source; values are clamped in both. *New SQL* is a
+query never seen before (planned and rewritten by SmartNoise on the call).
 """  # noqa: E501
 
 

@@ -29,7 +29,12 @@ class SourcePlan:
     - ``extensions``: DuckDB extensions the engine loads (from their pip wheels)
       before ``setup``, e.g. ``postgres_scanner``;
     - ``secrets``: text that must never appear in an error, status or log line
-      (a DSN, a password): the engine replaces it with the table's name.
+      (a DSN, a password): the engine replaces it with the table's name;
+    - ``content``: for a source read as files (Parquet, CSV, JSON, a DuckDB
+      database), the paths or globs whose bytes are its whole content: the engine
+      knows the source changed when their hash does (:mod:`gateway.snapshots`).
+      ``None`` for a live source (a database server, SQLite), whose content can
+      change between two queries without any file telling.
     """
 
     select: str
@@ -40,6 +45,7 @@ class SourcePlan:
     description: str = ""
     extensions: tuple[str, ...] = ()
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    content: tuple[str, ...] | None = None
 
 
 class Connector(Protocol):

@@ -33,6 +33,7 @@ class DuckDBFileConnector:
             setup=(f"ATTACH {string_literal(path)} AS {identifier(alias)} (READ_ONLY)",),
             select=f"SELECT * FROM {qualified}",
             description=f"{path}:{table}",
+            content=(path, path + ".wal"),  # a write not yet checkpointed is in its WAL
         )
 
 

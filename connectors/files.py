@@ -74,8 +74,10 @@ class _ReaderConnector:
         if is_glob:
             root = path.split("*")[0].split("?")[0].split("[")[0]
             directory = root if root.endswith("/") else str(Path(root).parent) + "/"
-            return SourcePlan(select=select, allowed_directories=(directory,), description=path)
-        return SourcePlan(select=select, allowed_paths=(path,), description=path)
+            return SourcePlan(select=select, allowed_directories=(directory,), description=path,
+                              content=(path,))
+        return SourcePlan(select=select, allowed_paths=(path,), description=path,
+                          content=(path,))
 
 
 PARQUET = _ReaderConnector(

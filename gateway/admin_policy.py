@@ -180,7 +180,7 @@ def _dry_run(view: Domain, user: User, query: str, dialect: str | None,
     out["decision"] = "allowed"
     if shown.dp is not None:
         eps, delta = shown.dp.charge
-        out.update(rewritten_sql=shown.dp.smartnoise_sql, relation_sql=shown.sql,
+        out.update(rewritten_sql=shown.dp.aggregate_sql, relation_sql=shown.sql,
                    epsilon=eps, delta=delta, remaining_epsilon=shown.dp.remaining_epsilon,
                    answered_before=shown.dp.answered_before)
         plan = view.dp_plan(view.principal_for(user), query, dialect=dialect, epsilon=epsilon)

@@ -27,7 +27,7 @@ import connectors
 from gateway import policy_versions
 from gateway.audit import QUERY, AuditLog
 from gateway.dp import DpPlan, PrivateQueries
-from gateway.dp.queries import META as DP_META
+from gateway.dp.release import META as DP_META
 from gateway.engine import Engine, EngineLimits
 from gateway.errors import (
     ConfigError,
@@ -40,8 +40,9 @@ from gateway.ledger import Ledger
 from gateway.policy_state import LruCache as LruCache  # re-exported for gateway.server
 from gateway.policy_state import PolicyState, VisibleTable, no_parameters, redacting
 from gateway.policy_state import plan_key as plan_key  # re-exported
+from gateway.snapshots import ContributionBound
 from gateway.state import StateStore, User
-from policy.access import catalog_for
+from policy.access import catalog_for, dp_units
 from policy.loader import read_policy_file
 from policy.model import Policy
 from policy.pipeline import QueryPlan
@@ -403,12 +404,13 @@ class Domain:
         tables = [{"dataset": dp.dataset, "table": dp.table, "mode": "dp"}]
         try:
             answer = state.dp.execute(dp, timeout_s=limits.timeout_s)
-        except Exception as exc:
-            self._audit(principal, sql, started, rewritten=dp.query.smartnoise_sql,
-                        tables=tables, error=exc)
+        except Exception as exc:  # a failure after the charge still records what it cost
+            self._audit(principal, sql, started, rewritten=dp.query.aggregate_sql,
+                        tables=tables, error=exc, epsilon=getattr(exc, "epsilon", 0.0),
+                        delta=getattr(exc, "delta", 0.0))
             raise
         meta = answer.schema.metadata or {}
-        self._audit(principal, sql, started, rewritten=dp.query.smartnoise_sql, tables=tables,
+        self._audit(principal, sql, started, rewritten=dp.query.aggregate_sql, tables=tables,
                     rows=answer.num_rows,
                     epsilon=float(meta.get((DP_META + "epsilon_spent").encode(), b"0")),
                     delta=float(meta.get((DP_META + "delta_spent").encode(), b"0")))
@@ -446,6 +448,9 @@ class Domain:
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "error": message,
         }
+        detail = getattr(error, "detail", None)
+        if detail:  # what the engine said: for the owner only, never for the analyst
+            details["error_detail"] = detail
         if not complete:
             details["complete"] = False
         self.audit.safe_append(QUERY, principal.user, details)
@@ -547,6 +552,8 @@ def build_engine(
         spark = SparkEngine(Path(work_dir) / "spark",
                             SparkSettings(master=master, remote=remote))
     base_dir = Path(policy.file).resolve().parent if policy.file else Path.cwd()
+    # Bounded dp snapshots (gateway.snapshots); a routed engine samples in every query.
+    units = dp_units(policy) if not spark_specs else {}
     for number, (ds_name, dataset) in enumerate(sorted(policy.datasets.items())):
         for t_number, (t_name, table) in enumerate(sorted(dataset.tables.items())):
             options = {k: v for k, v in asdict(table.source).items() if v is not None}
@@ -556,7 +563,9 @@ def build_engine(
             if ds_name in spark_specs:
                 spark.add_table(ds_name, t_name, plan, options)
             else:
-                engine.add_table(ds_name, t_name, plan)
+                unit = units.get((ds_name, t_name))
+                engine.add_table(ds_name, t_name, plan,
+                                 bound=ContributionBound(*unit) if unit else None)
     engine.start()
     if spark is None:
         return engine

@@ -34,7 +34,9 @@ from connectors.memory import FRAME_TYPES, MEMORY
 from gateway.domain import ENGINES_DIR, Domain
 from gateway.engine import Engine, EngineLimits
 from gateway.errors import ConfigError, did_you_mean
+from gateway.snapshots import ContributionBound
 from gateway.state import AttributeValue, StateStore
+from policy.access import dp_units
 from policy.loader import parse_policy
 from policy.model import Policy
 
@@ -91,6 +93,7 @@ def _build_engine(policy: Policy, frames: Mapping[tuple[str, str], object], work
                   limits: EngineLimits | None) -> Engine:
     """As :func:`gateway.domain.build_engine`, with the frames for the memory tables."""
     engine = Engine(work_dir, limits=limits)
+    units = dp_units(policy)
     for number, (ds_name, dataset) in enumerate(sorted(policy.datasets.items())):
         for t_number, (t_name, table) in enumerate(sorted(dataset.tables.items())):
             if table.source.format == "memory":
@@ -100,7 +103,9 @@ def _build_engine(policy: Policy, frames: Mapping[tuple[str, str], object], work
                 alias = f"src_{number}_{t_number}_{_UNSAFE.sub('_', t_name)}"
                 plan = connectors.get(table.source.format).plan(
                     options, base_dir=Path.cwd(), alias=alias)
-            engine.add_table(ds_name, t_name, plan)
+            unit = units.get((ds_name, t_name))
+            engine.add_table(ds_name, t_name, plan,
+                             bound=ContributionBound(*unit) if unit else None)
     engine.start()
     return engine
 

@@ -6,10 +6,16 @@ the tables it had to copy (Arrow IPC files, in-process frames), then reopens it
 **read-only** and locks it down (invariant 4):
 
 - external access off, except the exact files and directories of the sources
-  (DuckDB's ``allowed_paths`` / ``allowed_directories``);
+  (DuckDB's ``allowed_paths`` / ``allowed_directories``) and the engine's own
+  temp and ``dp-snapshots`` directories;
 - extension autoload/autoinstall off, community extensions off;
 - memory and thread limits, a private temp directory;
 - configuration locked, so analyst SQL cannot undo any of it.
+
+For ``dp`` tables with a privacy unit whose source is files or a copy, the
+engine also draws a per-unit sample once, attaches it read-only, and keeps it
+in step with the source's content (:mod:`gateway.snapshots`,
+:meth:`Engine.bounded_source`, :meth:`Engine.refresh_snapshots`).
 
 Queries run on a ``cursor()`` of the one warm database; each has a timeout
 enforced by interrupting its cursor. When the policy is replaced, the gateway
@@ -29,6 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Full, Queue
@@ -47,6 +54,13 @@ from gateway.errors import (
     StockadeError,
 )
 from gateway.retiring import Retiring
+from gateway.snapshots import (
+    BoundedSnapshots,
+    BoundedSource,
+    BuildConfig,
+    ContributionBound,
+    SnapshotChange,
+)
 
 log = logging.getLogger("stockade.engine")
 
@@ -210,11 +224,17 @@ class Watchdog:
 
 @dataclass(frozen=True)
 class EngineLimits:
-    """Resource limits of the analyst-facing DuckDB database."""
+    """Resource limits of the analyst-facing DuckDB database.
+
+    ``dp_snapshot_check_s``: how often the sources of bounded ``dp`` snapshots are
+    hashed again (0: only on :meth:`Engine.refresh_snapshots`); see
+    :mod:`gateway.snapshots`.
+    """
 
     memory_limit: str = "4GB"
     threads: int = 2
     max_temp_directory_size: str = "20GB"
+    dp_snapshot_check_s: float = 60.0
 
 
 class Engine(Retiring):
@@ -228,13 +248,22 @@ class Engine(Retiring):
         self._init_retiring()
         self._watchdog = Watchdog()
         self._secrets_registered = False
+        self._snapshots = BoundedSnapshots(self.work_dir / "dp-snapshots", BuildConfig(
+            extension_directory=str(self.work_dir / "extensions"),
+            threads=self.limits.threads, memory_limit=self.limits.memory_limit))
 
     # -- building -------------------------------------------------------------------
 
-    def add_table(self, dataset: str, table: str, plan: SourcePlan) -> None:
+    def add_table(self, dataset: str, table: str, plan: SourcePlan, *,
+                  bound: ContributionBound | None = None) -> None:
+        """Serve ``plan`` as ``dataset.table``; ``bound``: the table is read in ``dp``
+        mode with that privacy unit, so keep a bounded snapshot of it if its source
+        allows (:mod:`gateway.snapshots`)."""
         if self._con is not None:
             raise RuntimeError("tables are added before the engine starts")
         self._plans[(dataset, table)] = plan
+        if bound is not None:
+            self._snapshots.add(dataset, table, plan, bound)
 
     def start(self) -> None:
         """Build the view database, reopen it read-only and lock it down."""
@@ -281,10 +310,12 @@ class Engine(Retiring):
             build.execute("CHECKPOINT")
         finally:
             build.close()
+        self._snapshots.build()
 
         paths = sorted({p for plan in self._plans.values() for p in plan.allowed_paths})
         dirs = sorted({d for plan in self._plans.values() for d in plan.allowed_directories})
         dirs.append(str(temp_dir) + "/")
+        dirs.append(str(self._snapshots.directory) + "/")
         con = duckdb.connect(str(db_path), read_only=True, config={
             "autoload_known_extensions": False,
             "autoinstall_known_extensions": False,
@@ -313,8 +344,23 @@ class Engine(Retiring):
             con.close()
             raise ConfigError(f"Cannot configure the engine: {redact(str(exc))[0]}") from None
         self._con = con
+        try:
+            self._snapshots.open(self._statement)
+        except BaseException:
+            self._con = None
+            con.close()
+            raise
+        self._snapshots.start_checks(self.limits.dp_snapshot_check_s, self.refresh_snapshots)
         # Warm the database: the first query on a fresh database is slow.
         self.cursor().execute("SELECT 1").fetchall()
+
+    def _statement(self, sql: str) -> None:
+        """Run one statement of the gateway's own (never analyst SQL) on the engine."""
+        cur = self.cursor()
+        try:
+            cur.execute(sql)
+        finally:
+            cur.close()
 
     def _load_extensions(self, con: duckdb.DuckDBPyConnection, *, install: bool) -> None:
         """Load the extensions the sources need from their pip wheels (no network).
@@ -346,6 +392,7 @@ class Engine(Retiring):
                     raise _source_error("open", ds, table, plan, exc) from None
 
     def close(self) -> None:
+        self._snapshots.stop()
         with self._lock:
             con, self._con = self._con, None
             registered, self._secrets_registered = self._secrets_registered, False
@@ -372,6 +419,25 @@ class Engine(Retiring):
 
     def tables(self) -> Sequence[tuple[str, str]]:
         return list(self._plans)
+
+    # -- dp snapshots -----------------------------------------------------------------
+
+    @contextmanager
+    def bounded_source(self, dataset: str, table: str) -> Iterator[BoundedSource | None]:
+        """The bounded snapshot a ``dp`` query of ``dataset.table`` reads, or ``None``.
+
+        ``None``: the source is live (or has no snapshot), the query must bound
+        rows per unit itself. The snapshot (its SQL reference ``.sql``, ``.unit``
+        and ``.max_rows``) stays readable until the ``with`` block ends, even if a
+        newer one replaces it meanwhile (see :mod:`gateway.snapshots`).
+        """
+        with self.in_use(), self._snapshots.lease(dataset, table) as source:
+            yield source
+
+    def refresh_snapshots(self) -> list[SnapshotChange]:
+        """Hash the sources of the snapshots again; rebuild and swap those that changed."""
+        with self.in_use():
+            return self._snapshots.refresh()
 
     def columns(self, dataset: str, table: str) -> dict[str, str]:
         """Column name → DuckDB type name of a source table, in order."""

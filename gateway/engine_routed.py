@@ -30,6 +30,7 @@ from sqlglot import exp
 from connectors.base import SourcePlan
 from gateway.engine import Engine, EngineLimits
 from gateway.errors import InputError
+from gateway.snapshots import BoundedSource
 
 
 class _Reading(Protocol):
@@ -197,6 +198,11 @@ class RoutedEngine:
 
     def tables(self) -> Sequence[tuple[str, str]]:
         return [key for engine in self._engines for key in engine.tables()]
+
+    @contextmanager
+    def bounded_source(self, dataset: str, table: str) -> Iterator[BoundedSource | None]:
+        """Always ``None``: ``dp`` queries of a routed domain sample in the query."""
+        yield None
 
     def columns(self, dataset: str, table: str) -> dict[str, str]:
         return self._for_table(dataset, table).columns(dataset, table)

@@ -28,7 +28,8 @@ import re
 import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from connectors.files import resolve_path
 from gateway.engine import scrub_message
 from gateway.errors import ConfigError, ConnectorError, QueryFailedError, QueryTimeoutError
 from gateway.retiring import Retiring
+from gateway.snapshots import BoundedSource
 
 log = logging.getLogger("stockade.engine_spark")
 
@@ -103,9 +105,14 @@ def to_spark(sql: str, databases: Mapping[str, str] | None = None) -> str:
     'SELECT `a`, COUNT(*) AS n FROM `d`.`t` GROUP BY `a`'
     >>> to_spark('SELECT * FROM "d"."t"', {"d": "d__e1"})
     'SELECT * FROM `d__e1`.`t`'
+    >>> to_spark('WITH r AS MATERIALIZED (SELECT 1 AS u) SELECT u FROM r')
+    'WITH r AS (SELECT 1 AS u) SELECT u FROM r'
     """
     try:
         trees = sqlglot.parse(sql, read="duckdb")
+        for tree in trees:  # DuckDB's MATERIALIZED hint has no Spark spelling
+            for cte in tree.find_all(exp.CTE) if tree is not None else ():
+                cte.set("materialized", None)
         if databases:
             for tree in trees:
                 for table in tree.find_all(exp.Table) if tree is not None else ():
@@ -147,7 +154,7 @@ def spark_error(exc: BaseException, *, timeout_s: float | None = None,
 
 
 class _Cursor:
-    """The little of a DuckDB cursor :class:`gateway.dp.bounds.UnitBounds` uses."""
+    """The little of a DuckDB cursor the gateway's own statements use."""
 
     def __init__(self, engine: SparkEngine) -> None:
         self._engine = engine
@@ -195,8 +202,7 @@ class SparkEngine(Retiring):
     def add_table(self, dataset: str, table: str, plan: SourcePlan,
                   source: Mapping[str, Any]) -> None:
         """Register ``source`` (a policy ``source:`` mapping, paths resolved) as
-        ``dataset.table``; ``plan`` is its connector's plan (Arrow copies, file
-        fingerprints for :mod:`gateway.dp.bounds`)."""
+        ``dataset.table``; ``plan`` is its connector's plan (for Arrow copies)."""
         if self._spark is not None:
             raise RuntimeError("tables are added before the engine starts")
         fmt = str(source.get("format"))
@@ -276,6 +282,11 @@ class SparkEngine(Retiring):
 
     def tables(self) -> Sequence[tuple[str, str]]:
         return list(self._plans)
+
+    @contextmanager
+    def bounded_source(self, dataset: str, table: str) -> Iterator[BoundedSource | None]:
+        """Always ``None``: Spark keeps no bounded snapshot, ``dp`` queries sample."""
+        yield None
 
     def columns(self, dataset: str, table: str) -> dict[str, str]:
         """Column name → DuckDB type name (as the DuckDB engine reports them)."""

@@ -431,6 +431,23 @@ class Ledger:
         return Charge(True, self._balance(user, dataset, after), answer, charge_id)
 
 
+    def store_answer(self, query_key: str, user: str, dataset: str, charge_id: int | None,
+                     answer: bytes) -> None:
+        """Keep the answer of a charged query, so that asking again costs nothing.
+
+        The charge was committed before the query read any data
+        (:meth:`charge` without ``answer``); the first answer stored for a key wins.
+        """
+        if charge_id is None:
+            raise ValueError("an answer is stored for the charge that paid for it")
+        with self.store._transaction() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO dp_answers (query_key, user_name, dataset, charge_id,"
+                " answer, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (query_key, user, dataset, charge_id, sqlite3.Binary(answer), self._clock()),
+            )
+
+
 def _budget_units(budget: Budget | None) -> tuple[int, int]:
     if budget is None:
         return (0, 0)

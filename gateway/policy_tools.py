@@ -13,7 +13,7 @@ users of ``data_dir`` when one is given. Then:
   attribute's type is unknown. :func:`check_users` then binds the attributes of
   each real user, which checks the attributes themselves.
 - :func:`explain` shows, without running it, what a query becomes for a user;
-  for a query on ``dp`` tables, also its SmartNoise query, the noise of each
+  for a query on ``dp`` tables, also its aggregate query, the noise of each
   column, its ε/δ cost and the user's remaining budget, charging nothing.
 
 Errors are :class:`~gateway.errors.PolicyError` located at the YAML line:
@@ -43,7 +43,7 @@ from sqlglot import exp
 
 from gateway.domain import Domain, build_engine
 from gateway.dp import DpPlan
-from gateway.dp.queries import META as DP_META
+from gateway.dp.release import META as DP_META
 from gateway.engine import EngineLimits, engine_error
 from gateway.errors import ConfigError, PolicyError, StockadeError
 from gateway.ledger import DELTA_UNIT, EPSILON_UNIT, to_units
@@ -406,7 +406,7 @@ class DpDecision:
     remaining_epsilon: float
     remaining_delta: float
     columns: tuple[Mapping[str, Any], ...]  # per noisy column: mechanism, scale, half-width
-    smartnoise_sql: str  # over ``dp.rel``: the relation is the explanation's ``sql``
+    aggregate_sql: str  # over ``dp.rel``: the relation is the explanation's ``sql``
 
     @property
     def charge(self) -> tuple[float, float]:
@@ -440,7 +440,7 @@ class DpDecision:
                 "delta_remaining": self.remaining_delta,
             },
             "columns": [dict(c) for c in self.columns],
-            "smartnoise_sql": self.smartnoise_sql,
+            "aggregate_sql": self.aggregate_sql,
         }
 
     def to_text(self) -> list[str]:
@@ -469,8 +469,11 @@ class DpDecision:
                 lines.append(f"    {c['column']}: derived from {c['mechanism']} noise of "
                              f"scales {scales} (half-widths ±{widths})")
             else:
+                coverage = c.get("ci95_coverage")
+                note = (f" (a whole number: covers {coverage:.1%})"
+                        if coverage is not None and coverage != 0.95 else "")
                 lines.append(f"    {c['column']}: {c['mechanism']}, scale {scales}, "
-                             f"±{widths}")
+                             f"±{widths}{note}")
         return lines
 
 
@@ -514,8 +517,8 @@ class Explanation:
             lines.extend(t.to_text())
         if self.dp is not None:
             lines.extend(self.dp.to_text())
-            lines.append("SmartNoise query (over dp.rel, the relation below):")
-            lines.append(self.dp.smartnoise_sql)
+            lines.append("Aggregate query (over dp.rel, the relation below):")
+            lines.append(self.dp.aggregate_sql)
             lines.append("relation dp.rel (the table under the policy):")
             lines.append(self.sql)
             return "\n".join(lines)
@@ -646,7 +649,7 @@ def _dp_decision(domain: Domain, principal: Principal, plan: DpPlan) -> DpDecisi
         spent_epsilon=balance.spent_epsilon, spent_delta=balance.spent_delta,
         remaining_epsilon=balance.remaining_epsilon, remaining_delta=balance.remaining_delta,
         columns=tuple(columns),
-        smartnoise_sql=plan.query.smartnoise_sql,
+        aggregate_sql=plan.query.aggregate_sql,
     )
 
 

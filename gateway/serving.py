@@ -33,7 +33,8 @@ def start_server(settings: Settings):  # type: ignore[no-untyped-def]
 
     domain = Domain.open(
         settings.policy, settings.data_dir,
-        limits=EngineLimits(memory_limit=settings.memory_limit, threads=settings.threads),
+        limits=EngineLimits(memory_limit=settings.memory_limit, threads=settings.threads,
+                            dp_snapshot_check_s=settings.dp_snapshot_check_s),
     )
     try:
         password = ensure_admin(

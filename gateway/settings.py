@@ -57,6 +57,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("policy", _REQUIRED, str, "the policy YAML file", "FILE"),
     Setting("data_dir", _REQUIRED, str,
@@ -73,6 +80,9 @@ SETTINGS: tuple[Setting, ...] = (
             "largest Arrow record batch sent to a client (ADBC refuses messages over 16 MiB)"),
     Setting("max_pattern_length", DEFAULT_MAX_PATTERN_LENGTH, _positive,
             "longest LIKE pattern accepted by GetDbSchemas/GetTables, in characters"),
+    Setting("dp_snapshot_check_s", 60, _seconds,
+            "how often the files behind dp tables' bounded samples are hashed again, to "
+            "rebuild a sample when its source's content changed (0: never)"),
 )
 
 
@@ -89,6 +99,7 @@ class Settings:
     threads: int
     max_batch_bytes: int
     max_pattern_length: int
+    dp_snapshot_check_s: float
 
 
 def load_settings(given: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:

@@ -58,10 +58,13 @@ class TableAccess:
     epsilon_per_query: float | None = None
     budget: Budget | None = None
     columns: Mapping[str, ColumnPolicy] = field(default_factory=dict)
+    public_keys: Mapping[str, tuple[str | int | float | bool, ...]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "masks", MappingProxyType(dict(self.masks)))
         object.__setattr__(self, "columns", MappingProxyType(dict(self.columns)))
+        object.__setattr__(self, "public_keys", MappingProxyType(dict(self.public_keys)))
 
     @property
     def qualified_name(self) -> str:
@@ -127,7 +130,47 @@ def table_access(
         epsilon_per_query=grant.epsilon_per_query,
         budget=grant.budget,
         columns=found.columns,
+        public_keys=found.public_keys,
     )
+
+
+def dp_units(policy: Policy) -> dict[tuple[str, str], tuple[str, int]]:
+    """``(privacy unit, max rows per unit)`` of every table some role reads in ``dp`` mode.
+
+    A table counts when any role's grant on its dataset (or that grant's override
+    for the table) is ``dp`` and the table has a ``privacy_unit``; the engine keeps
+    a bounded sample of those (:mod:`gateway.snapshots`).
+
+    >>> from policy.loader import parse_policy
+    >>> p = parse_policy('''
+    ... version: 1
+    ... domain: {name: d}
+    ... datasets:
+    ...   s:
+    ...     tables:
+    ...       a: {source: {format: csv, path: a.csv}, privacy_unit: pid, max_rows_per_unit: 3}
+    ...       b: {source: {format: csv, path: b.csv}, privacy_unit: pid}
+    ...       c: {source: {format: csv, path: c.csv}}
+    ... roles:
+    ...   r: {datasets: {s: {mode: raw, epsilon_per_query: 0.1, budget: {epsilon: 1},
+    ...                      tables: {a: {mode: dp}}}}}
+    ...   q: {datasets: {s: {mode: raw}}}
+    ... ''', base_dir="/")
+    >>> dp_units(p)
+    {('s', 'a'): ('pid', 3)}
+    """
+    out: dict[tuple[str, str], tuple[str, int]] = {}
+    for role in policy.roles.values():
+        for ds_name, grant in role.datasets.items():
+            dataset = policy.datasets.get(ds_name)
+            if dataset is None:
+                continue
+            for t_name, table in dataset.tables.items():
+                table_grant = grant.tables.get(t_name)
+                mode = (table_grant.mode if table_grant else None) or grant.mode
+                if mode == "dp" and table.privacy_unit:
+                    out[(ds_name, t_name)] = (table.privacy_unit, table.max_rows_per_unit or 1)
+    return out
 
 
 def catalog_for(policy: Policy, principal: Principal) -> dict[tuple[str, str], TableAccess]:

@@ -195,6 +195,8 @@ def check_against_schemas(policy: Policy, schemas: SchemaMap) -> None:
                 check.names([table.privacy_unit], columns, where=f"{where}.privacy_unit")
             if table.join_keys is not None:
                 check.names(table.join_keys, columns, where=f"{where}.join_keys")
+            for c_name in table.public_keys:
+                check.names([c_name], columns, where=f"{where}.public_keys.{c_name}")
             check.fragment(
                 table.row_filter, columns, where=f"{where}.row_filter", condition=True
             )

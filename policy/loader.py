@@ -427,6 +427,7 @@ def _table(name: str, node: _Node, base: Path, context: _Context) -> Table:
             "row_filter",
             "columns",
             "join_keys",
+            "public_keys",
         ),
         required=("source",),
     )
@@ -448,7 +449,44 @@ def _table(name: str, node: _Node, base: Path, context: _Context) -> Table:
         row_filter=row_filter,
         columns=columns,
         join_keys=_opt(e, "join_keys", _Node.as_str_list),
+        public_keys=_public_keys(e["public_keys"], base) if "public_keys" in e else {},
     )
+
+
+def _public_keys(node: _Node, base: Path) -> dict[str, tuple[str | int | float | bool, ...]]:
+    """``{column: [values…]}`` or ``{column: {file: PATH}}`` (one value per line)."""
+    out: dict[str, tuple[str | int | float | bool, ...]] = {}
+    for column, child in node.names().items():
+        if isinstance(child.node, yaml.MappingNode):
+            e = child.mapping(("file",), required=("file",))
+            path = (base / e["file"].as_str()).resolve()
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise e["file"].error(f"Cannot read the public keys file '{path}': "
+                                      f"{exc.strerror}") from None
+            values: list[str | int | float | bool] = [v for v in lines if v.strip()]
+        else:
+            raw = child.value()
+            if not isinstance(raw, list) or not raw:
+                raise child.error(f"public_keys of '{column}' is a non-empty list of values "
+                                  "or {file: PATH}")
+            values = []
+            for item in raw:
+                if isinstance(item, dict | list) or item is None:
+                    raise child.error(f"public_keys of '{column}' holds plain values "
+                                      f"(text, numbers), not {_describe(item)}")
+                values.append(item)
+        kinds = {type(v) for v in values}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            raise child.error(f"public_keys of '{column}' mixes kinds of values; "
+                              "write them all as text or all as numbers")
+        if len(set(values)) != len(values):
+            raise child.error(f"public_keys of '{column}' lists a value twice")
+        if len(values) > 100_000:
+            raise child.error(f"public_keys of '{column}' has more than 100000 values")
+        out[column] = tuple(values)
+    return out
 
 
 def _source(node: _Node, base: Path) -> Source:

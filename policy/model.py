@@ -96,7 +96,8 @@ class Table:
 
     ``join_keys`` ``None`` lets a query join the table on any visible column;
     a tuple (possibly empty) limits every join condition to equality on those
-    columns (see :mod:`policy.rules.check_joins`).
+    columns (see :mod:`policy.rules.check_joins`). ``public_keys`` declares the
+    full set of values of grouping columns, for ``dp`` mode.
     """
 
     name: str
@@ -107,9 +108,14 @@ class Table:
     row_filter: str | None = None
     columns: Mapping[str, ColumnPolicy] = field(default_factory=dict)
     join_keys: tuple[str, ...] | None = None
+    #: column -> every value it can take (dp GROUP BY releases all of them, see
+    #: :mod:`gateway.dp.aggregate`); declared by the owner, never read from the data.
+    public_keys: Mapping[str, tuple[str | int | float | bool, ...]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", _frozen_map(self.columns))
+        object.__setattr__(self, "public_keys", _frozen_map(self.public_keys))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ import connectors
 from gateway.dp import PrivateQueries
 from gateway.engine import Engine
 from gateway.ledger import Ledger
+from gateway.snapshots import ContributionBound
 from gateway.state import StateStore
+from policy.access import dp_units
 from policy.loader import parse_policy
 from policy.model import Policy
 from policy.principal import Principal
@@ -54,6 +56,11 @@ datasets:
         source: {format: parquet, path: counts.parquet}
         privacy_unit: id
         max_rows_per_unit: 1
+      keyed:
+        source: {format: parquet, path: counts.parquet}
+        privacy_unit: id
+        max_rows_per_unit: 1
+        public_keys: {g: [0, 1, 2, 3, 500, 501]}
   open:
     tables:
       plain:
@@ -120,18 +127,27 @@ class DpEnv:
         self.store.close()
 
 
-def open_env(root: Path, *, data: Path | None = None) -> DpEnv:
+def open_env(root: Path, *, data: Path | None = None, policy_text: str = POLICY,
+             snapshots: bool = True) -> DpEnv:
+    """The environment over the sample data (written to ``data`` when missing).
+
+    As :func:`gateway.domain.build_engine` does, the engine keeps a bounded
+    snapshot of each dp table with a file source, unless ``snapshots`` is false.
+    """
     data = data or root
     if not (data / "visits.parquet").exists():
         write_data(data)
-    policy = parse_policy(POLICY, base_dir=str(data))
+    policy = parse_policy(policy_text, base_dir=str(data))
     engine = Engine(root / "engine")
+    units = dp_units(policy) if snapshots else {}
     for ds_name, dataset in sorted(policy.datasets.items()):
         for i, (t_name, table) in enumerate(sorted(dataset.tables.items())):
             options = {k: v for k, v in asdict(table.source).items() if v is not None}
             plan = connectors.get(table.source.format).plan(
                 options, base_dir=data, alias=f"src_{ds_name}_{i}")
-            engine.add_table(ds_name, t_name, plan)
+            unit = units.get((ds_name, t_name))
+            engine.add_table(ds_name, t_name, plan,
+                             bound=ContributionBound(*unit) if unit else None)
     engine.start()
     store = StateStore(root / "state", hasher=PasswordHasher(memory_cost=8192))
     ledger = Ledger(store)

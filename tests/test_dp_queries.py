@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import threading
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
-import sqlglot
-from sqlglot import exp
 from test_dp_env import POLICY, DpEnv, open_env
 
-from gateway.dp.bounds import UnitBounds
-from gateway.dp.reader import duckdb_sql
+from gateway.dp.aggregate import bounded as bounded_rows
 from gateway.dp.translate import DpQueryError
 from gateway.errors import InputError, StockadeError
-from gateway.ledger import ASK_FOR_MORE, BudgetExceededError
+from gateway.ledger import ASK_FOR_MORE, BudgetExceededError, Cost
 from policy.loader import parse_policy
 
 
@@ -133,15 +133,22 @@ def test_answer_metadata_names_mechanism_scale_and_interval(env: DpEnv) -> None:
     assert table.schema.field("site").metadata is None
     n = table.schema.field("n").metadata
     # COUNT: sensitivity 1, 2 rows per unit, ε 0.5 -> scale 4 (OpenDP's search lands
-    # just above); 95 % half-width of Laplace(b) is b·ln 20.
+    # just above). A count is a whole number (rounded to nearest): its 95 % half-width is
+    # the smallest whole k with P(|round(L)| <= k) >= 95 %, k = ceil(b·ln 20 - 1/2) = 12,
+    # and the exact coverage 1 - exp(-(k + 1/2)/b) is reported beside it.
     scale = float(n[b"stockade.dp.scale"])
     assert n[b"stockade.dp.mechanism"] == b"laplace" and 4.0 <= scale < 4.0001
-    assert float(n[b"stockade.dp.ci95_half_width"]) == pytest.approx(scale * 2.995732, rel=1e-6)
+    assert float(n[b"stockade.dp.ci95_half_width"]) == 12.0
+    assert float(n[b"stockade.dp.ci95_coverage"]) == pytest.approx(1 - math.exp(-12.5 / scale))
     s = table.schema.field("s").metadata
     assert 400.0 <= float(s[b"stockade.dp.scale"]) < 400.01  # bounds 0..100
     c = table.schema.field("c").metadata
     assert c[b"stockade.dp.derived"] == b"true"
     assert len(c[b"stockade.dp.scale"].split(b",")) == 2  # SUM and COUNT
+    # AVG's own interval, per released row (its width depends on the group's size).
+    by_row = json.loads(c[b"stockade.dp.ci95_half_width_by_row"])
+    assert len(by_row) == table.num_rows and all(0 < w < 10 for w in by_row)
+    assert c[b"stockade.dp.null_when"] == b"the noisy denominator is not positive"
     for key in ("epsilon_spent", "delta_spent", "epsilon_remaining", "delta_remaining"):
         float(meta(table, key))
 
@@ -172,6 +179,7 @@ def test_policy_applies_before_noise(env: DpEnv) -> None:
     ("SELECT COUNT(*) FROM visits WHERE age > ?", "does not take query parameters"),
     ("SELECT COUNT(*) FROM visits UNION ALL SELECT COUNT(*) FROM visits", "a single SELECT"),
     ("SELECT median(cost) FROM visits", "Aggregate"),
+    ("SELECT site, COUNT(*) FROM visits GROUP BY ROLLUP (site)", "ROLLUP, CUBE or GROUPING"),
 ])
 def test_refusals_say_what_to_write(env: DpEnv, sql: str, message: str) -> None:
     with pytest.raises(DpQueryError, match=re.escape(message)):
@@ -213,37 +221,56 @@ def test_rare_groups_are_censored(env: DpEnv) -> None:
                    "ORDER BY age", user="bob").num_rows <= 3
 
 
-def test_rows_per_unit_are_verified_or_sampled(env: DpEnv) -> None:
-    bounds = env.dp.bounds
-    assert bounds.verify("health", "visits", "patient_id", 2) is not None
-    assert bounds.verify("health", "visits", "patient_id", 1) is None
-    assert bounds.verify("health", "crowded", "patient_id", 1) is None  # patient 0 twice
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "ROW_NUMBER" not in env.dp.last_sql[0]
-    env.run("SELECT SUM(cost) AS s FROM crowded")
-    assert "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)" in env.dp.last_sql[0]
+SAMPLING = "ROW_NUMBER() OVER (PARTITION BY u ORDER BY __stockade_random)"
+COST_CLAMP = 'CASE WHEN "v0" < 0.0 THEN 0.0 WHEN "v0" > 100.0 THEN 100.0 ELSE "v0" END'
 
 
-def test_unverifiable_sources_are_always_sampled(tmp_path: Path) -> None:
-    env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
-    env.run("SELECT site, COUNT(*) AS n FROM visits GROUP BY site")
-    assert "ORDER BY __stockade_random" in env.dp.last_sql[0]
+def per_unit(env: DpEnv, source: str, unit: str = "patient_id") -> tuple[int, int]:
+    """(most rows of one unit, rows) of ``source`` read on the engine."""
+    cur = env.engine.cursor()
+    try:
+        row = cur.execute(f"SELECT max(c), sum(c) FROM (SELECT count(*) AS c FROM {source} "
+                          f"GROUP BY {unit})").fetchone()
+    finally:
+        cur.close()
+    return int(row[0]), int(row[1])
+
+
+def test_rows_per_unit_are_bounded_by_the_snapshot_not_by_a_check(env: DpEnv) -> None:
+    # Every dp table with a file source is read through its bounded snapshot, whether
+    # or not its data already met the bound: visits does (2 rows per patient, bound 2),
+    # crowded does not (patient 0 twice, bound 1).
+    assert per_unit(env, '"health"."visits"') == (2, 2000)
+    assert per_unit(env, '"health"."crowded"') == (2, 100)
+    for table, bounded in (("visits", (2, 2000)), ("crowded", (1, 99))):
+        with env.engine.bounded_source("health", table) as snapshot:
+            assert snapshot is not None and snapshot.unit == "patient_id"
+            assert per_unit(env, snapshot.sql) == bounded
+            sql = env.dp.aggregate_sql(env.plan(f"SELECT SUM(cost) AS s FROM {table}"))
+        assert snapshot.sql in sql and '"health"' not in sql  # never the table itself
+        assert "ROW_NUMBER" not in sql  # the snapshot is bounded: no sample in the query
+
+
+def test_sources_without_a_snapshot_are_always_sampled(tmp_path: Path) -> None:
+    env = open_env(tmp_path, snapshots=False)
+    with env.engine.bounded_source("health", "visits") as snapshot:
+        assert snapshot is None
+    sql = env.dp.aggregate_sql(env.plan("SELECT site, COUNT(*) AS n FROM visits GROUP BY site"))
+    assert SAMPLING in sql and '"health"."visits"' in sql
     env.close()
 
 
-def test_sampling_rewrite_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) -> None:
-    # SmartNoise's own sampling SQL, over a relation with up to 2 rows per unit.
-    relation = 'SELECT "patient_id" AS u, "cost" AS v0 FROM "health"."visits"'
-    sampled = duckdb_sql(
-        "SELECT * FROM ( SELECT *, ROW_NUMBER ( ) OVER ( PARTITION BY u ORDER BY RANDOM ( ) ) "
-        "AS row_num FROM ( SELECT u AS u, v0 AS v0 FROM dp.rel ) AS clamped ) AS "
-        "per_key_random WHERE per_key_random.row_num <= 1", relation)
-    tree = sqlglot.parse_one(sampled, read="duckdb")
-    assert not any(w.args["order"].find(exp.Rand) for w in tree.find_all(exp.Window))
+def test_sampling_runs_on_the_locked_engine_and_bounds_rows(tmp_path: Path) -> None:
+    env = open_env(tmp_path, snapshots=False)
     cur = env.engine.cursor()
+    # crowded: 100 rows, patient 0 twice, at most 1 row per unit -> 99 rows counted.
+    exact = cur.execute(env.dp.aggregate_sql(env.plan("SELECT COUNT(*) AS n FROM crowded"))
+                        ).fetchone()
+    assert exact == (99,)
+    # visits: 2 rows per unit allowed; with 1 the sample picks either row of unit 7.
+    relation = 'SELECT "patient_id" AS u, "cost" AS v0 FROM "health"."visits"'
+    sampled = "SELECT u, v0 FROM " + bounded_rows(relation, ["u", "v0"], unit=True, max_rows=1,
+                                                  sample=True)
     per_unit = cur.execute(f"SELECT max(c), count(*) FROM (SELECT u, count(*) AS c "
                            f"FROM ({sampled}) GROUP BY u)").fetchone()
     assert per_unit == (1, 1000)  # every unit kept, with one row
@@ -251,61 +278,53 @@ def test_sampling_rewrite_runs_on_the_locked_engine_and_bounds_rows(env: DpEnv) 
              for _ in range(40)}
     assert picks == {14.0, 15.0}  # both of unit 7's rows get chosen: a random sample
     cur.close()
-
-
-def test_clamp_is_skipped_only_for_columns_verified_within_bounds(env: DpEnv) -> None:
-    bounds = env.dp.bounds
-    assert bounds.verify_range("health", "visits", "cost", 0.0, 100.0) is not None
-    assert bounds.verify_range("health", "visits", "cost", 0.0, 10.0) is None  # up to 49
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "CASE" not in env.dp.last_sql[0]
-    # A masked column is never read unclamped: its values are not the source's.
-    plan = env.plan("SELECT COUNT(name) AS n, SUM(cost) AS s FROM visits")
-    assert plan.query.raw_values == (("v1", "cost"),)
-
-
-def test_unverifiable_sources_are_always_clamped(tmp_path: Path) -> None:
-    env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: None))
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    assert "CASE WHEN v0 < 0.0 THEN 0.0 WHEN v0 > 100.0 THEN 100.0 ELSE v0 END" \
-        in env.dp.last_sql[0]
     env.close()
 
 
-def test_a_source_changed_during_the_query_is_read_again_sampled_and_clamped(
+@pytest.mark.parametrize("snapshots", [True, False])
+def test_values_are_always_clamped(tmp_path: Path, snapshots: bool) -> None:
+    # Every cost lies within [0, 100] (up to 49): the clamp is kept all the same.
+    env = open_env(tmp_path, snapshots=snapshots)
+    assert env.engine.cursor().execute(
+        'SELECT max(cost) FROM "health"."visits"').fetchone() == (49.0,)
+    sql = env.dp.aggregate_sql(env.plan("SELECT SUM(cost) AS s FROM visits"))
+    assert COST_CLAMP in sql
+    assert ("ROW_NUMBER" in sql) is not snapshots
+    env.close()
+
+
+def test_a_query_reads_one_snapshot_version_while_a_newer_one_is_swapped_in(
         tmp_path: Path) -> None:
     env = open_env(tmp_path)
-    from gateway.dp import PrivateQueries
-    version = [0]
-    env.dp = PrivateQueries(env.engine, env.ledger,
-                            bounds=UnitBounds(env.engine, fingerprint=lambda d, t: version[0]))
+    with env.engine.bounded_source("health", "crowded") as before:
+        assert before is not None
     run = env.engine.execute
+    changes: list[object] = []
+    executed: list[str] = []
 
-    def execute_then_change(*args, **kwargs):  # type: ignore[no-untyped-def]
-        version[0] += 1
-        return run(*args, **kwargs)
+    def execute_after_a_change(sql, *args, **kwargs):  # type: ignore[no-untyped-def]
+        executed.append(sql)
+        if not changes:  # the source changes, and is seen, while the query runs
+            con = duckdb.connect()
+            con.execute(f"COPY (SELECT i AS patient_id, 20.0 AS cost FROM range(50) r(i)) "
+                        f"TO '{tmp_path / 'crowded.parquet'}' (FORMAT parquet)")
+            con.close()
+            changes.extend(env.engine.refresh_snapshots())
+        return run(sql, *args, **kwargs)
 
-    env.engine.execute = execute_then_change  # type: ignore[method-assign]
-    env.run("SELECT SUM(cost) AS s FROM visits")
-    (sql,) = env.dp.last_sql  # the second reading only
-    assert "CASE WHEN" in sql and "ROW_NUMBER" in sql
-    assert version[0] == 2
+    env.engine.execute = execute_after_a_change  # type: ignore[method-assign]
+    env.run("SELECT SUM(cost) AS s FROM crowded")
+    (sql,) = executed  # read once, from the version it started with
+    assert before.sql in sql and "ROW_NUMBER" not in sql
+    with env.engine.bounded_source("health", "crowded") as after:
+        assert after is not None and after.name != before.name
+    assert [(c.table, c.before, c.after) for c in changes] == [  # type: ignore[attr-defined]
+        ("crowded", before.name, after.name)]
+    cur = env.engine.cursor()  # the old version went when its last query ended
+    names = {r[0] for r in cur.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
+    cur.close()
+    assert after.name in names and before.name not in names
     env.close()
-
-
-def test_clamp_rewrite_needs_bounds_inside_the_clamp() -> None:
-    sql = ("SELECT SUM(v0) AS s FROM (SELECT CASE WHEN v0 < -1.0 THEN -1.0 WHEN v0 > 100.0 "
-           "THEN 100.0 ELSE v0 END AS v0 FROM dp.rel) AS c")
-    relation = "SELECT 1.0 AS v0"
-    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (0.0, 100.0)})
-    assert "CASE" not in duckdb_sql(sql, relation, {"v0": (-1.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v0": (-2.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v0": (0.0, 101.0)})
-    assert "CASE" in duckdb_sql(sql, relation, {"v1": (0.0, 100.0)})
-    assert "CASE" in duckdb_sql(sql, relation)
 
 
 def test_plans_are_shared_by_users_of_one_role(env: DpEnv) -> None:
@@ -323,8 +342,14 @@ def test_result_schema_without_running_or_charging(env: DpEnv) -> None:
     table = env.dp.execute(plan)
     assert schema.names == table.schema.names == ["site", "n", "c"]
     assert [f.type for f in schema] == [f.type for f in table.schema]
+    by_row = b"stockade.dp.ci95_half_width_by_row"  # a derived column's per-row intervals
     for name in schema.names:
-        assert schema.field(name).metadata == table.schema.field(name).metadata
+        expected = dict(table.schema.field(name).metadata or {})
+        if by_row in expected:  # known once there are rows: the schema has the key, empty
+            assert len(json.loads(expected.pop(by_row))) == table.num_rows
+            assert json.loads(schema.field(name).metadata[by_row]) == []
+        assert {k: v for k, v in (schema.field(name).metadata or {}).items()
+                if k != by_row} == expected
     answer = table.schema.metadata
     assert {k: v for k, v in answer.items() if k in schema.metadata} == schema.metadata
 
@@ -420,16 +445,64 @@ def test_a_starting_domain_applies_the_policys_caps(env: DpEnv, tmp_path: Path) 
 
 @pytest.mark.parametrize(("sql", "arrow_type"), [
     ("SELECT ROUND(AVG(cost), 2) AS c FROM visits", pa.float64()),
-    ("SELECT SUM(cost)::int AS c FROM visits", pa.int64()),
+    ("SELECT SUM(cost)::int AS c FROM visits", pa.int32()),  # INTEGER, as in DuckDB
     ("SELECT CAST(SUM(cost) AS DOUBLE) / COUNT(*) AS c FROM visits", pa.float64()),
     ("SELECT CAST(COUNT(*) AS BIGINT) AS c FROM visits", pa.int64()),
 ])
 def test_casts_and_rounding_keep_numeric_types(env: DpEnv, sql: str,
                                                arrow_type: pa.DataType) -> None:
     # DuckDB's type names (DOUBLE, BIGINT, ::int) are what analysts and dataframe
-    # libraries write; SmartNoise's parser knows FLOAT and INTEGER only.
+    # libraries write; they mean what they mean in DuckDB.
     table = env.run(sql)
     assert table.schema.field("c").type == arrow_type
     assert env.dp.result_schema(env.plan(sql)).field("c").type == arrow_type
     (value,) = table.column("c").to_pylist()
     assert isinstance(value, float if pa.types.is_floating(arrow_type) else int)
+
+
+def test_public_keys_release_every_declared_group_and_only_those(env: DpEnv) -> None:
+    # g takes the values 0..199 (1,000 people each); the owner declared 0-3 and 500-501.
+    sql = "SELECT g, COUNT(*) AS n FROM keyed GROUP BY g"
+    plan = env.plan(sql)
+    assert plan.delta == 0.0  # no rare groups to hide: no δ
+    assert env.dp.cost(plan) == Cost(0.5, 0.0)  # the count only, no key count
+    table = env.dp.execute(plan)
+    assert table["g"].to_pylist() == [0, 1, 2, 3, 500, 501]  # declared, in key order
+    scale = float(table.schema.field("n").metadata[b"stockade.dp.scale"])
+    n = table["n"].to_pylist()
+    # Laplace(b) exceeds 30 b with probability e^-30.
+    assert all(abs(v - 1000) < 30 * scale for v in n[:4])
+    assert all(abs(v) < 30 * scale for v in n[4:])  # no rows: noisy zeros (made >= 0)
+    # A key outside the declaration is never released, whatever the data.
+    assert env.run("SELECT g, COUNT(*) AS n FROM keyed WHERE g >= 100 GROUP BY g"
+                   )["g"].to_pylist() == [0, 1, 2, 3, 500, 501]
+
+
+def test_public_keys_need_every_grouping_column_declared(env: DpEnv) -> None:
+    plan = env.plan("SELECT g, id % 2 AS odd, COUNT(*) AS n FROM keyed GROUP BY g, id % 2")
+    assert plan.query.public_keys is None and plan.delta > 0  # censored as usual
+
+
+def test_having_and_order_by_on_unselected_aggregates_are_planned_and_priced(env: DpEnv
+                                                                             ) -> None:
+    # AVG(age) is not selected: it is measured (a sum and a count of age), priced before
+    # anything runs, and evaluated on the noisy answer.
+    sql = ("SELECT site, COUNT(*) AS n FROM visits GROUP BY site "
+           "HAVING AVG(age) > 0 ORDER BY SUM(cost) DESC")
+    plan = env.plan(sql)
+    assert {m.name for m in plan.query.measures} == {
+        "m_keys", "m_count", "m_sum_v1", "m_count_v1", "m_sum_v2"}
+    assert env.dp.cost(plan).epsilon == 2.5  # five measurements at 0.5
+    table = env.dp.execute(plan)
+    assert table.column_names == ["site", "n"] and table.num_rows == 4
+    assert float(table.schema.metadata[b"stockade.dp.epsilon_spent"]) == 2.5
+
+
+def test_rows_come_in_group_key_order_without_order_by(env: DpEnv) -> None:
+    # The release sorts by key before HAVING/ORDER BY/LIMIT: the order, and which groups
+    # a LIMIT keeps, never depend on the engine's hash order.
+    for i in range(5):
+        table = env.run("SELECT site, COUNT(*) AS n FROM visits GROUP BY site LIMIT 2",
+                        user=f"u{i}")
+        assert table["site"].to_pylist() == ["site0", "site1"]
+        assert table.schema.metadata[b"stockade.dp.order"] == b"group key"

@@ -255,7 +255,7 @@ def test_explain_dp_query_json_shows_decision_cost_and_budget(
     assert dp["columns"][1]["derived"] is True
     assert all(w > s > 0 for c in dp["columns"]
                for s, w in zip(c["scale"], c["ci95_half_width"], strict=True))
-    assert "dp.rel" in dp["smartnoise_sql"] and "GROUP BY" in dp["smartnoise_sql"]
+    assert "dp.rel" in dp["aggregate_sql"] and "GROUP BY" in dp["aggregate_sql"]
     assert '"oncology"."screenings"' in got["sql"]
     assert ledger_rows(dp_state) == before
 
@@ -272,8 +272,10 @@ def test_explain_dp_query_text_with_epsilon_option(test_root, dp_state):
     assert "dp: ε 0.25 and δ 0 per mechanism" in out
     assert "cost: ε 0.25, δ 0 (explain charges nothing)" in out
     assert "budget: ε 3 of 3 left (0 spent), δ 1e-06 of 1e-06 left" in out
-    assert "n: laplace, scale 4, ±11.98" in out  # scale 1/ε, half-width scale·ln 20
-    assert "SmartNoise query" in out and "SELECT COUNT(*) AS c0 FROM dp.rel" in out
+    # scale 1/ε; a count is a whole number: the smallest whole half-width covering 95 %
+    # (ceil(scale·ln 20 - 1/2) = 12), with its exact coverage 1 - exp(-12.5/4)
+    assert "n: laplace, scale 4, ±12 (a whole number: covers 95.6%)" in out
+    assert "Aggregate query" in out and "COUNT(*) AS m_count FROM" in out and "dp.rel" in out
     relation = out.split("relation dp.rel (the table under the policy):\n", 1)[1]
     assert "consent" in relation and "'F'" in relation
     # A comment in the query wins over the option.

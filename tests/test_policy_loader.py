@@ -278,3 +278,34 @@ def test_budget_cap_typo_is_suggested() -> None:
                    "    tags: [cancer, screening]\n    budget_capp: {epsilon: 5}\n")
     with pytest.raises(PolicyError, match=re.escape("Did you mean 'budget_cap'?")):
         parse(text)
+
+
+def _with_keys(keys: str) -> str:
+    line = next(x for x in ISSUE_YAML.splitlines() if 'row_filter: "consent"' in x)
+    indent = line[: len(line) - len(line.lstrip())]
+    with_keys = ISSUE_YAML.replace(line, f"{line}\n{indent}public_keys: {keys}")
+    assert with_keys != ISSUE_YAML
+    return with_keys
+
+
+def test_public_keys_load_from_the_policy_and_from_a_file(tmp_path: Path) -> None:
+    p = parse_policy(_with_keys("{site: [north, south], year: [2023, 2024]}"), base_dir="/")
+    table = p.datasets["oncology"].tables["screenings"]
+    assert dict(table.public_keys) == {"site": ("north", "south"), "year": (2023, 2024)}
+    (tmp_path / "sites.txt").write_text("north\nsouth\n\neast\n")
+    p = parse_policy(_with_keys("{site: {file: sites.txt}}"), base_dir=str(tmp_path))
+    assert p.datasets["oncology"].tables["screenings"].public_keys["site"] == (
+        "north", "south", "east")
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ("{site: []}", "public_keys of 'site' is a non-empty list"),
+    ("{site: [a, a]}", "public_keys of 'site' lists a value twice"),
+    ("{site: [a, 1]}", "mixes kinds of values"),
+    ("{site: [[a]]}", "holds plain values"),
+    ("{site: {file: missing.txt}}", "Cannot read the public keys file"),
+    ("{site: {path: x}}", "Unknown key 'path'"),
+])
+def test_public_keys_messages(keys: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        parse_policy(_with_keys(keys), filename="p.yaml", base_dir=str(tmp_path))

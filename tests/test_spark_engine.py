@@ -5,6 +5,7 @@ One local[2] Spark session for the whole module (it takes seconds to start).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -105,9 +106,13 @@ DP = [
 
 
 def _half_width(table: pa.Table, name: str) -> float:
+    """The sum of the 95 % half-widths (b·ln 20) of every noise draw behind a column, plus
+    one for the rounding of a whole-number column (0 for a group key: no noise)."""
     meta = table.schema.field(name).metadata or {}
-    raw = meta.get(b"stockade.dp.ci95_half_width", b"")
-    return sum(float(w) for w in raw.decode().split(",") if w)
+    raw = meta.get(b"stockade.dp.scale", b"")
+    scales = [float(s) for s in raw.decode().split(",") if s]
+    whole = pa.types.is_integer(table.schema.field(name).type)
+    return sum(s * math.log(20) for s in scales) + (1.0 if scales and whole else 0.0)
 
 
 @pytest.mark.parametrize("sql", DP)

@@ -202,7 +202,8 @@ def show_dry_run(result: dict[str, Any]) -> None:
         st.markdown("**Rewritten SQL**")
         st.code(relation or result["rewritten_sql"], language="sql", wrap_lines=True)
     if relation and result.get("rewritten_sql"):
-        st.markdown("**SmartNoise query** (over the rewritten SQL as `dp.rel`)")
+        st.markdown("**Aggregate query** (the noisy measurements, over the rewritten SQL "
+                    "as `dp.rel`)")
         st.code(result["rewritten_sql"], language="sql", wrap_lines=True)
 
 

@@ -1,13 +1,14 @@
-"""Differential privacy for ``dp`` mode: SmartNoise SQL over the gateway's DuckDB.
+"""Differential privacy for ``dp`` mode, over the gateway's engine.
 
 - :mod:`gateway.dp.translate` checks a query against what ``dp`` mode supports
-  and splits it into the policy relation and SmartNoise's query;
-- :mod:`gateway.dp.metadata` builds SmartNoise metadata from the policy;
-- :mod:`gateway.dp.reader` runs SmartNoise's SQL on DuckDB (relation
-  substitution, sampling DuckDB accepts, a cheaper key count);
-- :mod:`gateway.dp.mechanisms` memoises SmartNoise's noise-scale search;
-- :mod:`gateway.dp.bounds` checks rows per privacy unit so sampling can be skipped;
-- :mod:`gateway.dp.queries` plans, prices, runs and charges
+  and compiles it into the policy relation, noisy measurements and a release;
+- :mod:`gateway.dp.aggregate` writes the exact measurements as one aggregate
+  query (rows bounded per privacy unit, values clamped);
+- :mod:`gateway.dp.mechanisms` memoises the noise-scale search of SmartNoise's
+  Laplace mechanism (OpenDP's samplers);
+- :mod:`gateway.dp.release` adds the noise and post-processes it totally
+  (censoring, rounding, order by key, outputs, HAVING, ORDER BY, intervals);
+- :mod:`gateway.dp.queries` plans, prices, charges, then reads
   (:class:`PrivateQueries`), with :mod:`gateway.ledger` for budgets.
 """
 

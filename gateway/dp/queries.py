@@ -1,4 +1,4 @@
-"""Differentially private queries: plan, preview the cost, run, charge, answer.
+"""Differentially private queries: plan, price, charge, then read, then release.
 
 :class:`PrivateQueries` is what the domain calls for a table in ``dp`` mode::
 
@@ -6,21 +6,33 @@
     plan = dp.plan(sql, policy=policy, principal=principal, schemas=schemas,
                    epsilon=None)             # None: the grant's epsilon_per_query
     dp.cost(plan)                            # Cost(epsilon, delta), charges nothing
-    dp.result_schema(plan)                   # the answer's Arrow schema, runs nothing
+    dp.result_schema(plan)                   # the answer's Arrow schema, reads nothing
     table = dp.execute(plan, timeout_s=60)   # pa.Table with the dp metadata
 
-``execute`` answers a query seen before (same normalised query, user, ε and δ)
-with the stored noisy answer at no cost. Otherwise it checks the budget
-(advisory, to fail before the scan), runs SmartNoise over DuckDB, and only then,
-in one transaction of the ledger, checks and charges the budget and stores the
-answer (:meth:`gateway.ledger.Ledger.charge`); the answer leaves the gateway
-after that transaction commits.
+The order of :meth:`PrivateQueries.execute` is what makes the observable outcome
+depend on the data only through noisy values (security invariant 6):
+
+1. **plan and type-check, reading no data**: the query is compiled
+   (:mod:`gateway.dp.translate`), every noisy measurement gets its mechanism and
+   its cost, and DuckDB binds the whole aggregate query over the relation without
+   running it; the release (outputs, HAVING, ORDER BY) is evaluated once over no
+   rows. Anything refused is refused here, by a message that depends on the SQL
+   and the schema only;
+2. **charge** the full cost in one ledger transaction, durably (an identical query
+   answered before is answered again from the stored answer, at no cost);
+3. **read**: the aggregate query runs on the engine. If it fails now (out of
+   memory, the time limit), the answer is one fixed message and the charge stays:
+   nothing after the charge refunds it. The detail goes to the audit log;
+4. **release** (:mod:`gateway.dp.release`): noise, censoring, rounding, order by
+   group key, and post-processing that cannot fail; the answer is stored under
+   the query's key.
 
 The cost is SmartNoise's odometer over the query's mechanisms (one per noisy
-SUM/COUNT, including the key count that censors rare groups) at the query's ε
-and δ. When the odometer's bound is plain composition (Σε, the usual case for a
-few mechanisms), δ is Σδ of the mechanisms, without the slack SmartNoise adds
-for its advanced-composition bound.
+count or sum, including the key count that censors rare groups) at the query's
+ε and δ; each mechanism is SmartNoise's Laplace mechanism, whose noise scale is
+OpenDP's (:mod:`gateway.dp.mechanisms`). When the odometer's bound is plain
+composition (Σε, the usual case for a few mechanisms), δ is Σδ of the
+mechanisms, without the slack SmartNoise adds for advanced composition.
 """
 
 from __future__ import annotations
@@ -28,28 +40,25 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from snsql._ast.ast import Column as SnColumn
 from snsql.sql.odometer import OdometerHeterogeneous
 from snsql.sql.privacy import Privacy
-from snsql.sql.private_reader import PrivateReader
 
-from gateway.dp.bounds import UnitBounds
-from gateway.dp.mechanisms import ci95_half_width, mechanism_name, mechanisms
-from gateway.dp.metadata import dp_metadata
-from gateway.dp.reader import DuckDBReader
-from gateway.dp.translate import UNIT, DpQuery, translate
+from gateway.dp.aggregate import aggregate_sql
+from gateway.dp.mechanisms import CachedLaplace
+from gateway.dp.release import META, release
+from gateway.dp.translate import KEYCOUNT, UNIT, DpQuery, over_snapshot, translate
 from gateway.engine import Engine
-from gateway.errors import InputError, StockadeError
+from gateway.errors import InputError, QueryFailedError, StockadeError
 from gateway.ledger import Balance, Cost, Ledger
 from policy.access import catalog_for, dataset_grant
 from policy.model import Policy
@@ -61,58 +70,48 @@ from policy.rules.resolve_tables import resolve_tables
 from policy.rules.validate_statement import validate_statement
 from policy.schema import Schemas
 
+log = logging.getLogger("stockade.dp")
+
 #: δ per query for grouped queries (censoring rare groups needs δ > 0) when the
 #: caller does not choose one: at most this, and at most 1/DELTA_SHARE of the
 #: grant's δ budget, so that a δ budget pays for many grouped queries, not one.
 DEFAULT_DELTA = 1e-6
 DELTA_SHARE = 100
 
-#: Keys of the Arrow metadata of a dp answer.
-META = "stockade.dp."
+#: The one message of a dp query that failed after it was charged (see the module doc).
+FAILED_AFTER_CHARGE = (
+    "This dp query could not be completed after its cost was charged (every dp query is "
+    "charged before it reads data, and a failure is not refunded). The most likely cause "
+    "is the time or memory limit of your role: narrow the WHERE clause or group by fewer "
+    "keys, and check the cost first with stockade.cost."
+)
 
 _RULES = (validate_statement, resolve_tables, check_functions, qualify_columns)
-_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(),
-                "boolean": pa.bool_(), "datetime": pa.timestamp("us")}
 
 
-#: SmartNoise CAST target types → its own type names.
-_CAST_TYPES = {"INTEGER": "int", "FLOAT": "float", "BOOLEAN": "boolean", "VARCHAR": "string",
-               "NVARCHAR": "string", "CHAR": "string", "NCHAR": "string",
-               "TIMESTAMP": "datetime"}
+class DpFailedError(QueryFailedError):
+    """A dp query that failed after it was charged: its message is always the same."""
 
-
-def _value_type(expression: Any) -> str:
-    """SmartNoise's type of an output expression, where SmartNoise itself does not know
-    it (ROUND and CAST answer 'unknown'): ROUND keeps its argument's type, CAST is its
-    target's."""
-    kind = type(expression).__name__
-    if kind == "RoundFunction":
-        return _value_type(expression.expression)
-    if kind == "CastFunction":
-        return _CAST_TYPES.get(str(expression.dbtype).upper(), "string")
-    try:
-        return str(expression.type())
-    except Exception:  # a SmartNoise node without a type  # noqa: BLE001
-        return "unknown"
-
-
-def _as_type(values: list[Any], arrow_type: pa.DataType) -> list[Any]:
-    """SmartNoise hands ROUND and CAST results back as text: make them numbers."""
-    if pa.types.is_integer(arrow_type):
-        return [round(float(v)) if isinstance(v, str) else v for v in values]
-    if pa.types.is_floating(arrow_type):
-        return [float(v) if isinstance(v, str) else v for v in values]
-    return values
+    def __init__(self, cost: Cost, detail: str) -> None:
+        super().__init__(FAILED_AFTER_CHARGE)
+        self.epsilon = cost.epsilon  # what was charged (for the audit record)
+        self.delta = cost.delta
+        self.detail = detail  # what went wrong: for the audit log only, never the analyst
 
 
 @dataclass(frozen=True)
 class DpPlan:
-    """A checked ``dp`` query for one principal at one ε and δ."""
+    """A checked ``dp`` query for one principal at one ε and δ.
+
+    ``unclamped`` asks for the noisy parts as they are (counts and variances not
+    made non-negative): what a network node merging several domains needs.
+    """
 
     query: DpQuery
     user: str
     epsilon: float
     delta: float
+    unclamped: bool = False
 
     @property
     def dataset(self) -> str:
@@ -127,165 +126,12 @@ class DpPlan:
         """The result-cache key: the normalised query, who asks, ε and δ, the policy."""
         a = self.query.access
         parts = [self.user.lower(), a.dataset, a.table, self.query.normalized,
-                 self.query.relation_sql, self.query.smartnoise_sql, repr(self.epsilon),
+                 self.query.relation_sql, self.query.aggregate_sql, repr(self.epsilon),
                  repr(self.delta), a.privacy_unit, a.max_rows_per_unit,
-                 [list(b) for b in self.query.bounds]]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-class _Rewrite:
-    """SmartNoise's parse and rewrite of one query, and what follows from them alone."""
-
-    __slots__ = ("query", "subquery", "outer", "sql", "cost")
-
-    def __init__(self, query: Any, subquery: Any, outer: Any) -> None:
-        self.query = query
-        self.subquery = subquery
-        self.outer = outer
-        self.sql: str | None = None  # the rewritten aggregate query, serialised
-        self.cost: Cost | None = None
-
-
-_rewrites: OrderedDict[tuple[Any, ...], _Rewrite] = OrderedDict()
-_rewrites_lock = threading.Lock()
-
-
-def _remembered(key: tuple[Any, ...]) -> _Rewrite | None:
-    with _rewrites_lock:
-        found = _rewrites.get(key)
-        if found is not None:
-            _rewrites.move_to_end(key)
-    return found
-
-
-class _Drawn:
-    """A mechanism whose noisy values for this execution are already drawn.
-
-    SmartNoise releases one value per row and mechanism; :class:`_Exact` draws
-    each mechanism's noise for all rows in one call and this hands the values
-    out in row order, checking that each is asked for the value it was drawn for.
-    """
-
-    def __init__(self, mechanism: Any, exact: list[float], noisy: list[float]) -> None:
-        self._mechanism = mechanism
-        self._pairs = iter(zip(exact, noisy, strict=True))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._mechanism, name)
-
-    def release(self, vals: Any) -> list[float]:
-        out = []
-        for v in vals:
-            exact, noisy = next(self._pairs)
-            if float(v) != exact:  # pragma: no cover - SmartNoise changed its row order
-                raise StockadeError("Noise was drawn for another value than released")
-            out.append(noisy)
-        return out
-
-
-class _Exact:
-    """Runs the rewritten aggregate query, then draws each mechanism's noise in one call."""
-
-    def __init__(self, private: _Private) -> None:
-        self.private = private
-
-    def _execute_ast(self, subquery: Any, *ignore: Any, accuracy: bool = False) -> list[Any]:
-        private = self.private
-        reader = private.reader
-        rewrite = private.rewrite
-        if rewrite is not None and rewrite.subquery is subquery:
-            if rewrite.sql is None:
-                rewrite.sql = reader.serializer.serialize(subquery)
-            sql = rewrite.sql
-        else:
-            sql = reader.serializer.serialize(subquery)
-        rows: list[Any] = reader.execute(sql)
-        mechs = PrivateReader._get_mechanisms(private, subquery)
-        # As SmartNoise does: a NULL aggregate is released as 0 plus noise.
-        exact = {i: [0.0 if row[i] is None else float(row[i]) for row in rows[1:]]
-                 for i, mech in enumerate(mechs) if mech is not None}
-        noisy = _draw([(mechs[i], values) for i, values in exact.items()])
-        private.drawn = [None if m is None else _Drawn(m, exact[i], noisy.pop(0))
-                         for i, m in enumerate(mechs)]
-        return rows
-
-
-#: Below this many values a query's noise is drawn on the calling thread only.
-_PARALLEL_DRAWS = 16
-_draw_pool: ThreadPoolExecutor | None = None
-_draw_pool_lock = threading.Lock()
-
-
-def _draw(columns: list[tuple[Any, list[float]]]) -> list[list[float]]:
-    """Each mechanism's ``release`` of its column, in order.
-
-    OpenDP's samplers run without the GIL, so when there is enough to draw the
-    second half of the columns is drawn on a helper thread meanwhile.
-    """
-    global _draw_pool
-    total = sum(len(values) for _, values in columns)
-    if len(columns) < 2 or total < _PARALLEL_DRAWS or (os.cpu_count() or 1) < 2:
-        return [list(m.release(values)) for m, values in columns]
-    with _draw_pool_lock:
-        if _draw_pool is None:
-            _draw_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                            thread_name_prefix="stockade-noise")
-        pool = _draw_pool
-    half = len(columns) // 2
-    later = pool.submit(lambda: [list(m.release(v)) for m, v in columns[half:]])
-    try:
-        first = [list(m.release(values)) for m, values in columns[:half]]
-    finally:
-        rest = later.result()
-    return first + rest
-
-
-class _Private(PrivateReader):  # type: ignore[misc]
-    """SmartNoise's private reader, with its parse and rewrite memoised.
-
-    SmartNoise's parse and rewrite of a query depend only on the query text,
-    the metadata and the privacy parameters (``key``); the rewritten trees are
-    only read afterwards (serialised to SQL, evaluated on rows), and their
-    mechanisms hold nothing but their parameters and scale. ``last`` is the
-    rewrite this reader executed. Noise is drawn per mechanism for all rows at
-    once (:class:`_Exact`), not one OpenDP call per value.
-    """
-
-    key: tuple[Any, ...] = ()
-    last: tuple[Any, Any] | None = None
-    rewrite: _Rewrite | None = None
-    drawn: list[_Drawn | None] | None = None
-
-    def parse_query_string(self, query_string: str) -> Any:
-        found = _remembered(self.key)
-        if found is not None:
-            return found.query
-        return super().parse_query_string(query_string)
-
-    def _rewrite_ast(self, query: Any) -> tuple[Any, Any]:
-        found = _remembered(self.key)
-        if found is not None and found.query is query:
-            self._options.max_contrib = query.max_ids
-            self.rewrite = found
-            self.last = (found.subquery, found.outer)
-            return self.last
-        subquery, outer = super()._rewrite_ast(query)
-        self.rewrite = _Rewrite(query, subquery, outer)
-        with _rewrites_lock:
-            _rewrites[self.key] = self.rewrite
-            while len(_rewrites) > 1024:
-                _rewrites.popitem(last=False)
-        self.last = (subquery, outer)
-        return self.last
-
-    def _get_reader(self, query_ast: Any) -> _Exact:
-        return _Exact(self)
-
-    def _get_mechanisms(self, subquery: Any) -> list[Any]:
-        drawn, self.drawn = self.drawn, None
-        if drawn is not None:
-            return drawn
-        return super()._get_mechanisms(subquery)  # type: ignore[no-any-return]
+                 [list(b) for b in self.query.bounds], self.unclamped,
+                 [o.sql for o in self.query.outputs], self.query.having,
+                 list(self.query.order), self.query.limit]
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
 def odometer_cost(steps: Sequence[tuple[float, float]], delta: float) -> Cost:
@@ -306,18 +152,29 @@ def odometer_cost(steps: Sequence[tuple[float, float]], delta: float) -> Cost:
     return Cost(eps, spent_delta)
 
 
+class _Priced:
+    """A plan's mechanisms, cost, censoring threshold and checked schemas (no data read)."""
+
+    __slots__ = ("mechanisms", "cost", "threshold", "exact_schema", "answer_schema")
+
+    def __init__(self, mechanisms: dict[str, Any], cost: Cost, threshold: float | None
+                 ) -> None:
+        self.mechanisms = mechanisms
+        self.cost = cost
+        self.threshold = threshold
+        self.exact_schema: pa.Schema | None = None
+        self.answer_schema: pa.Schema | None = None
+
+
 class PrivateQueries:
     """Plans, prices and runs ``dp`` queries on one engine, charging one ledger."""
 
-    def __init__(self, engine: Engine, ledger: Ledger, *,
-                 bounds: UnitBounds | None = None) -> None:
+    def __init__(self, engine: Engine, ledger: Ledger) -> None:
         self.engine = engine
         self.ledger = ledger
-        self.bounds = bounds or UnitBounds(engine)
-        self._schemas: OrderedDict[str, tuple[pa.Schema, str]] = OrderedDict()
         self._plans: OrderedDict[tuple[Any, ...], tuple[Policy, DpQuery]] = OrderedDict()
+        self._priced: OrderedDict[tuple[Any, ...], _Priced] = OrderedDict()
         self._lock = threading.Lock()
-        self.last_sql: list[str] = []  # the DuckDB SQL of the last execution (for tests)
 
     # -- planning
 
@@ -331,6 +188,7 @@ class PrivateQueries:
         epsilon: float | None = None,
         delta: float | None = None,
         dialect: str = "duckdb",
+        unclamped: bool = False,
     ) -> DpPlan:
         """Check ``sql`` for ``dp`` mode and fix its ε and δ (charges nothing).
 
@@ -356,17 +214,10 @@ class PrivateQueries:
                     self._plans.popitem(last=False)
         grant = dataset_grant(policy, principal, query.access.dataset)
         bounds = grant.epsilon_bounds if grant is not None else (None, None)
-        return _resolve(query, principal.user, epsilon, delta, bounds)
+        return _resolve(query, principal.user, epsilon, delta, bounds, unclamped=unclamped)
 
-    def _query(
-        self,
-        sql: str,
-        *,
-        policy: Policy,
-        principal: Principal,
-        schemas: Schemas,
-        dialect: str,
-    ) -> DpQuery:
+    def _query(self, sql: str, *, policy: Policy, principal: Principal, schemas: Schemas,
+               dialect: str) -> DpQuery:
         expression = parse(sql, dialect=dialect)
         catalog = catalog_for(policy, principal)
         context: dict[str, Any] = {"policy": policy, "principal": principal,
@@ -375,157 +226,111 @@ class PrivateQueries:
             expression = rule(expression, **context)
         return translate(expression, principal=principal, catalog=catalog, schemas=schemas)
 
-    def relation_schema(self, plan: DpPlan) -> pa.Schema:
-        """The Arrow schema of the policy relation of ``plan`` (asked of DuckDB once)."""
-        return self._relation(plan)[0]
-
-    def _relation(self, plan: DpPlan) -> tuple[pa.Schema, str]:
-        sql = plan.query.relation_sql
+    def _priced_plan(self, plan: DpPlan) -> _Priced:
+        """Mechanisms and cost of ``plan`` (memoised per query, ε and δ)."""
+        q = plan.query
+        key = (q.aggregate_sql, q.relation_sql, repr(plan.epsilon), repr(plan.delta),
+               q.access.max_rows_per_unit, q.access.privacy_unit is not None)
         with self._lock:
-            found = self._schemas.get(sql)
-        if found is None:
-            schema = self.engine.result_schema(sql)
-            found = (schema, schema.to_string())
-            with self._lock:
-                self._schemas[sql] = found
-                while len(self._schemas) > 1024:
-                    self._schemas.popitem(last=False)
-        return found
-
-    def _reader(self, plan: DpPlan, *, rows_bounded: bool, timeout_s: float | None,
-                unclamped: dict[str, tuple[float, float]] | None = None
-                ) -> tuple[_Private, DuckDBReader]:
-        q = plan.query
-        metadata = dp_metadata(
-            self.relation_schema(plan),
-            bounds={v: (lo, hi) for v, lo, hi in q.bounds},
-            has_unit=q.access.privacy_unit is not None,
-            max_rows_per_unit=q.access.max_rows_per_unit,
-            rows_bounded=rows_bounded,
-            grouped=q.grouped,
-        )
-
-        def run(sql: str) -> tuple[Sequence[str], list[tuple[Any, ...]]]:
-            result = self.engine.execute(sql, timeout_s=timeout_s).read_all()
-            columns = [c.to_pylist() for c in result.columns]
-            return result.column_names, list(zip(*columns, strict=True))
-
-        reader = DuckDBReader(run, q.relation_sql, unclamped)
-        privacy = Privacy(epsilon=plan.epsilon, delta=plan.delta, mechanisms=mechanisms())
-        try:
-            private = _Private(reader, metadata, privacy=privacy)
-        except ValueError as exc:
-            raise _smartnoise_error(exc, plan) from None
-        private.key = self._key(plan, rows_bounded)
-        return private, reader
-
-    def _key(self, plan: DpPlan, rows_bounded: bool) -> tuple[Any, ...]:
-        """Everything SmartNoise's parse, rewrite and mechanisms depend on."""
-        q = plan.query
-        return (q.smartnoise_sql, self._relation(plan)[1], q.bounds,
-                q.access.privacy_unit is not None, q.access.max_rows_per_unit, rows_bounded,
-                q.grouped, repr(plan.epsilon), repr(plan.delta))
-
-    def _mechanisms(self, private: _Private) -> list[Any]:
-        assert private.last is not None
-        subquery = private.last[0]
-        return [s.mechanism for s in subquery._select_symbols if s.mechanism is not None]
-
-    def _rewritten(self, plan: DpPlan) -> _Private:
-        """A reader holding SmartNoise's rewrite of ``plan`` (nothing runs)."""
-        private, _ = self._reader(plan, rows_bounded=False, timeout_s=None)
-        try:
-            private._rewrite_ast(private.parse_query_string(plan.query.smartnoise_sql))
-        except ValueError as exc:
-            raise _smartnoise_error(exc, plan) from None
-        return private
-
-    def _cost(self, private: _Private, plan: DpPlan) -> Cost:
-        rewrite = private.rewrite
-        if rewrite is not None and rewrite.cost is not None:
-            return rewrite.cost
-        mechs = self._mechanisms(private)
-        self._check_bounds(mechs, plan)
-        cost = odometer_cost([(m.epsilon, m.delta) for m in mechs], plan.delta)
-        if rewrite is not None:
-            rewrite.cost = cost
-        return cost
+            found = self._priced.get(key)
+            if found is not None:
+                self._priced.move_to_end(key)
+                return found
+        contributions = (q.access.max_rows_per_unit or 1) if q.access.privacy_unit else 1
+        mechanisms: dict[str, Any] = {}
+        steps = []
+        threshold = None
+        for m in q.measures:
+            if m.sensitivity == math.inf:
+                raise InputError(
+                    f"A column summed in this query has no bounds in the policy of table "
+                    f"'{q.access.qualified_name}'; SUM, AVG, VAR and STDDEV need the "
+                    "column's lower and upper bounds (ask the data owner to set them)")
+            delta = plan.delta if m.name == KEYCOUNT else 0.0
+            try:
+                mech = CachedLaplace(plan.epsilon, delta=delta,
+                                     sensitivity=m.sensitivity or 1.0,
+                                     max_contrib=contributions)
+            except ValueError as exc:
+                raise InputError(
+                    f"dp mode cannot answer this query on table '{q.access.qualified_name}': "
+                    f"{str(exc).splitlines()[0]}") from None
+            if m.name == KEYCOUNT:
+                mech.delta = delta  # SmartNoise's Laplace keeps δ only for its threshold
+                threshold = float(mech.threshold)
+            mechanisms[m.name] = mech
+            steps.append((plan.epsilon, delta))
+        priced = _Priced(mechanisms, odometer_cost(steps, plan.delta), threshold)
+        with self._lock:
+            self._priced[key] = priced
+            while len(self._priced) > 1024:
+                self._priced.popitem(last=False)
+        return priced
 
     def cost(self, plan: DpPlan) -> Cost:
         """What ``plan`` would be charged (SmartNoise's odometer); charges nothing."""
-        found = _remembered(self._key(plan, False))
-        if found is not None and found.cost is not None:
-            return found.cost
-        return self._cost(self._rewritten(plan), plan)
+        return self._priced_plan(plan).cost
+
+    @contextmanager
+    def _reading(self, plan: DpPlan) -> Iterator[str]:
+        """The SQL that reads ``plan``'s exact measurements, valid for the ``with`` block.
+
+        Over the table's bounded snapshot when the engine keeps one for the table's
+        unit and bound (:mod:`gateway.snapshots`; the block holds it), else bounding
+        rows per unit in the query itself.
+        """
+        q = plan.query
+        access = q.access
+        with self.engine.bounded_source(access.dataset, access.table) as snapshot:
+            relation, sample = q.relation_sql, True
+            if snapshot is not None and access.privacy_unit is not None \
+                    and snapshot.unit.lower() == access.privacy_unit.lower() \
+                    and snapshot.max_rows <= (access.max_rows_per_unit or 1):
+                relation = over_snapshot(relation, access.dataset, access.table,
+                                         snapshot.sql)
+                sample = False
+            yield aggregate_sql(q, relation=relation, sample=sample)
+
+    def aggregate_sql(self, plan: DpPlan) -> str:
+        """The SQL that reads the exact measurements of ``plan`` (what runs on the engine)."""
+        with self._reading(plan) as sql:
+            return sql
+
+    def _checked(self, plan: DpPlan) -> _Priced:
+        """Priced, and type-checked against the engine without reading data."""
+        priced = self._priced_plan(plan)
+        if priced.exact_schema is None:
+            try:
+                priced.exact_schema = self.engine.result_schema(self.aggregate_sql(plan))
+            except StockadeError as exc:
+                raise InputError(
+                    f"dp mode cannot answer this query on table "
+                    f"'{plan.query.access.qualified_name}': {exc.message}") from None
+        if priced.answer_schema is None or plan.unclamped:
+            empty = priced.exact_schema.empty_table()
+            answer = release(plan.query, empty, priced.mechanisms,
+                             threshold=priced.threshold, epsilon=plan.epsilon,
+                             delta=plan.delta, unclamped=plan.unclamped)
+            if plan.unclamped:
+                return _with_schema(priced, answer.schema)
+            priced.answer_schema = answer.schema
+        return priced
+
+    def relation_schema(self, plan: DpPlan) -> pa.Schema:
+        """The Arrow schema of the policy relation of ``plan`` (reads no data)."""
+        return self.engine.result_schema(plan.query.relation_sql)
 
     def result_schema(self, plan: DpPlan) -> pa.Schema:
-        """The Arrow schema of ``plan``'s answer, without running it or charging.
+        """The Arrow schema of ``plan``'s answer, without reading data or charging.
 
         Names, types and the noise metadata of each column are those of the
         answer; the spend and remaining-budget keys are only known after the charge.
         """
-        return _to_arrow(self._rewritten(plan), [()], plan).schema
+        schema = self._checked(plan).answer_schema
+        assert schema is not None
+        return schema
 
     # -- running
-
-    def _check_bounds(self, mechs: list[Any], plan: DpPlan) -> None:
-        for m in mechs:
-            if m.sensitivity == math.inf:
-                raise InputError(
-                    f"A column summed in this query has no bounds in the policy of table "
-                    f"'{plan.query.access.qualified_name}'; SUM, AVG, VAR and STDDEV need the "
-                    "column's lower and upper bounds (ask the data owner to set them)"
-                )
-
-    def _verified(self, plan: DpPlan) -> tuple[bool, dict[str, tuple[float, float]],
-                                                set[Hashable]]:
-        """What the source is verified to meet (see :mod:`gateway.dp.bounds`).
-
-        Whether rows per unit are bounded, the value columns that are within
-        their bounds (read unclamped), and the source versions this relies on.
-        """
-        q = plan.query
-        access = q.access
-        tokens: set[Hashable] = set()
-        rows_bounded = False
-        if access.privacy_unit is not None:
-            token = self.bounds.verify(access.dataset, access.table, access.privacy_unit,
-                                       access.max_rows_per_unit or 1)
-            if token is not None:
-                rows_bounded = True
-                tokens.add(token)
-        limits = {v: (lo, hi) for v, lo, hi in q.bounds}
-        unclamped: dict[str, tuple[float, float]] = {}
-        for v, column in q.raw_values:
-            lo, hi = limits.get(v, (None, None))
-            if lo is None or hi is None:
-                continue
-            token = self.bounds.verify_range(access.dataset, access.table, column,
-                                             float(lo), float(hi))
-            if token is not None:
-                unclamped[v] = (float(lo), float(hi))
-                tokens.add(token)
-        return rows_bounded, unclamped, tokens
-
-    def _run(self, plan: DpPlan, timeout_s: float | None) -> tuple[pa.Table, Cost]:
-        access = plan.query.access
-        rows_bounded, unclamped, tokens = self._verified(plan)
-        while True:
-            private, reader = self._reader(plan, rows_bounded=rows_bounded,
-                                           unclamped=unclamped, timeout_s=timeout_s)
-            try:
-                query = private.parse_query_string(plan.query.smartnoise_sql)
-                rows = private._execute_ast(query)
-            except ValueError as exc:
-                raise _smartnoise_error(exc, plan) from None
-            if tokens and not all(self.bounds.still_valid(access.dataset, access.table, t)
-                                  for t in tokens):
-                # The source changed while we read it: sample and clamp.
-                rows_bounded, unclamped, tokens = False, {}, set()
-                continue
-            break
-        self.last_sql = list(reader.executed)
-        return _to_arrow(private, rows, plan), self._cost(private, plan)
 
     def execute(self, plan: DpPlan, *, timeout_s: float | None = None) -> pa.Table:
         """The noisy answer to ``plan``, charged to the user's budget (see the module doc)."""
@@ -535,19 +340,37 @@ class PrivateQueries:
         if stored is not None:
             balance = self.ledger.balance(plan.user, access.dataset, default=access.budget)
             return _with_spend(_from_ipc(stored), plan, Cost(0.0, 0.0), balance, cached=True)
-        self.ledger.check(plan.user, access.dataset, self.cost(plan), default=access.budget)
-        table, cost = self._run(plan, timeout_s)
-        charge = self.ledger.charge(plan.user, access.dataset, cost, default=access.budget,
-                                    query_key=key, answer=_to_ipc(table))
+        priced = self._checked(plan)  # step 1: refused here, before anything is charged
+        charge = self.ledger.charge(plan.user, access.dataset, priced.cost,
+                                    default=access.budget, query_key=key)
         if not charge.charged:  # the same query was answered meanwhile
             assert charge.answer is not None
             return _with_spend(_from_ipc(charge.answer), plan, Cost(0.0, 0.0), charge.balance,
                                cached=True)
-        return _with_spend(table, plan, cost, charge.balance, cached=False)
+        try:
+            with self._reading(plan) as sql:
+                exact = self.engine.execute(sql, timeout_s=timeout_s).read_all()
+            table = release(plan.query, exact, priced.mechanisms, threshold=priced.threshold,
+                            epsilon=plan.epsilon, delta=plan.delta, unclamped=plan.unclamped)
+        except Exception as exc:  # after the charge: one fixed message, nothing refunded
+            log.error("dp query of %s on %s failed after its charge: %s: %s", plan.user,
+                      access.qualified_name, type(exc).__name__, exc)
+            raise DpFailedError(priced.cost, f"{type(exc).__name__}: {exc}") from None
+        self.ledger.store_answer(key, plan.user, access.dataset, charge.charge_id,
+                                 _to_ipc(table))
+        return _with_spend(table, plan, priced.cost, charge.balance, cached=False)
+
+
+def _with_schema(priced: _Priced, schema: pa.Schema) -> _Priced:
+    copy = _Priced(priced.mechanisms, priced.cost, priced.threshold)
+    copy.exact_schema = priced.exact_schema
+    copy.answer_schema = schema
+    return copy
 
 
 def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | None,
-             bounds: tuple[float | None, float | None] = (None, None)) -> DpPlan:
+             bounds: tuple[float | None, float | None] = (None, None), *,
+             unclamped: bool = False) -> DpPlan:
     """The plan of ``query`` for ``user`` at the chosen (or the grant's) ε and δ.
 
     A chosen ε must lie within the grant's ``bounds``
@@ -566,19 +389,20 @@ def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | No
     check_epsilon_bounds(epsilon, bounds)
     if delta is None:
         delta = 0.0
-        if query.grouped:
+        if query.censored:
             delta = DEFAULT_DELTA
             budget = access.budget
             if budget is not None and budget.delta > 0:
                 delta = min(delta, budget.delta / DELTA_SHARE)
     if not (isinstance(delta, int | float) and 0 <= delta < 1):
         raise InputError(f"δ must be a number in [0, 1), not {delta!r}")
-    if query.grouped and delta == 0:
+    if query.censored and delta == 0:
         raise InputError(
             "A GROUP BY query in dp mode needs δ > 0 to hide rare groups; choose a δ "
-            "(e.g. 1e-6) within your δ budget, or remove GROUP BY"
+            "(e.g. 1e-6) within your δ budget, or remove GROUP BY (or ask the data owner "
+            "to declare the grouping column's public_keys)"
         )
-    return DpPlan(query, user, float(epsilon), float(delta))
+    return DpPlan(query, user, float(epsilon), float(delta), unclamped)
 
 
 def check_epsilon_bounds(epsilon: float, bounds: tuple[float | None, float | None]) -> None:
@@ -608,56 +432,6 @@ def _fmt(value: float) -> str:
     return f"{value:.12g}"
 
 
-def _smartnoise_error(exc: Exception, plan: DpPlan) -> StockadeError:
-    text = str(exc).split("\n", 1)[0]
-    return InputError(f"dp mode cannot answer this query on table "
-                      f"'{plan.query.access.qualified_name}': {text}")
-
-
-def _names(expression: Any) -> list[str]:
-    found = [expression] if isinstance(expression, SnColumn) else []
-    return [c.name for c in found + list(expression.find_nodes(SnColumn))]
-
-
-def _to_arrow(private: _Private, rows: list[Any], plan: DpPlan) -> pa.Table:
-    assert private.last is not None
-    subquery, outer = private.last
-    mech_map = private._get_mechanism_map(subquery)
-    fields = []
-    columns: list[list[Any]] = [[] for _ in plan.query.outputs]
-    for row in rows[1:]:
-        for i, value in enumerate(row):
-            columns[i].append(value)
-    summary = []
-    for i, (output, symbol) in enumerate(zip(plan.query.outputs, outer._select_symbols,
-                                             strict=True)):
-        arrow_type = _ARROW_TYPES.get(_value_type(symbol.expression), pa.string())
-        meta: dict[str, str] = {}
-        if output.noisy:
-            ne = outer.select.namedExpressions[i]
-            mechs = [mech_map[n] for n in dict.fromkeys(_names(ne.expression)) if n in mech_map]
-            if mechs:
-                kinds = sorted({mechanism_name(m) for m in mechs})
-                scales = [float(m.scale) for m in mechs]
-                widths = [ci95_half_width(mechanism_name(m), float(m.scale)) for m in mechs]
-                meta = {
-                    META + "mechanism": ",".join(kinds),
-                    META + "scale": ",".join(repr(s) for s in scales),
-                    META + "ci95_half_width": ",".join(repr(w) for w in widths),
-                    META + "derived": "true" if len(mechs) > 1 else "false",
-                }
-                summary.append({"column": output.name, "mechanism": ",".join(kinds),
-                                "scale": scales, "ci95_half_width": widths,
-                                "derived": len(mechs) > 1})
-        fields.append(pa.field(output.name, arrow_type, metadata=meta or None))
-    arrays = [pa.array(_as_type(col, f.type), type=f.type)
-              for col, f in zip(columns, fields, strict=True)]
-    schema = pa.schema(fields, metadata={META + "columns": json.dumps(summary),
-                                         META + "epsilon": repr(plan.epsilon),
-                                         META + "delta": repr(plan.delta)})
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
 def _with_spend(table: pa.Table, plan: DpPlan, spent: Cost, balance: Balance, *,
                 cached: bool) -> pa.Table:
     meta = dict(table.schema.metadata or {})
@@ -682,4 +456,5 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
 
 
-__all__ = ["DEFAULT_DELTA", "DpPlan", "PrivateQueries", "UNIT", "odometer_cost"]
+__all__ = ["DEFAULT_DELTA", "META", "DpFailedError", "DpPlan", "PrivateQueries", "UNIT",
+           "odometer_cost"]

@@ -1,51 +1,94 @@
-"""Check that a query fits ``dp`` mode and split it for SmartNoise.
+"""Check that a query fits ``dp`` mode and compile it into noisy measurements.
 
 ``dp`` mode answers one ``SELECT`` over one table with aggregates only:
 
 - ``COUNT(*)``, ``COUNT(col)``, ``SUM(col)``, ``AVG(col)``, ``VARIANCE(col)`` /
   ``VAR_POP`` / ``VAR_SAMP``, ``STDDEV(col)`` / ``STDDEV_POP`` /
-  ``STDDEV_SAMP`` (both variance forms are SmartNoise's noisy population
-  formula), and arithmetic over them (``SUM(x) / 100``);
-- ``GROUP BY`` columns or expressions (rare groups are censored);
+  ``STDDEV_SAMP`` (both variance forms use the population formula), and any
+  expression over them (``SUM(x) / 100``, ``ROUND(AVG(x), 1)``);
+- ``GROUP BY`` columns or expressions (rare groups are censored, unless every
+  grouping column has declared ``public_keys``);
 - ``WHERE`` with any allowed function (applied to rows before aggregation);
 - ``HAVING``, ``ORDER BY`` and ``LIMIT``, applied to the noisy result.
 
 Everything else is refused with a message saying what to write instead.
 
-The query is split in two (:class:`DpQuery`):
+A query compiles to a :class:`DpQuery`:
 
 - the **relation**: the table under the policy (row filters, masks, hidden
   columns: :func:`policy.rules.apply_table_policy.policy_subquery`) with the
   analyst's ``WHERE`` applied, projecting the raw privacy unit as ``u``, each
   aggregated column as ``v0, v1, …`` and each grouping expression as ``k0, …``;
-- the **SmartNoise query**: the aggregates over the table ``dp.rel``, with
-  outputs named ``c0, c1, …``. The reader substitutes the relation for
-  ``dp.rel`` (:mod:`gateway.dp.reader`).
+- the **measurements** (:class:`Measure`): the per-group counts and sums, over
+  the rows bounded per privacy unit and clamped to the policy's bounds, that
+  receive noise — every aggregate of the query is a function of them (``AVG(x)``
+  is the noisy sum of ``x`` over its noisy count);
+- the **release**: each output column, ``HAVING`` and ``ORDER BY`` as DuckDB
+  expressions over the noisy measurements and the group keys, evaluated after
+  the noise (post-processing: :mod:`gateway.dp.release`).
 
-Only safe generated names reach SmartNoise, so DuckDB identifiers of any case
-or spelling work.
+When the engine keeps a bounded snapshot of the table (at most
+``max_rows_per_unit`` rows per unit, :mod:`gateway.snapshots`), the relation
+reads it instead of the table (:func:`over_snapshot`); everything else stays.
+
+>>> from policy.loader import parse_policy
+>>> from policy.principal import Principal
+>>> from policy.access import catalog_for
+>>> from policy.rules.parse import parse
+>>> from policy.rules.resolve_tables import resolve_tables
+>>> policy = parse_policy('''
+... version: 1
+... domain: {name: d}
+... datasets:
+...   h:
+...     tables:
+...       v:
+...         source: {format: parquet, path: v.parquet}
+...         privacy_unit: pid
+...         columns: {cost: {lower: 0, upper: 100}}
+... roles:
+...   a: {datasets: {h: {mode: dp, epsilon_per_query: 0.5, budget: {epsilon: 1}}}}
+... ''')
+>>> who = Principal("ann", "a")
+>>> schemas = {("h", "v"): {"pid": "BIGINT", "site": "VARCHAR", "cost": "DOUBLE"}}
+>>> catalog = catalog_for(policy, who)
+>>> tree = resolve_tables(parse("SELECT site, AVG(cost) AS c FROM h.v GROUP BY site"),
+...                       catalog=catalog, policy=policy, principal=who)
+>>> q = translate(tree, principal=who, catalog=catalog, schemas=schemas)
+>>> [m.name for m in q.measures]
+['m_keys', 'm_sum_v1', 'm_count_v1']
+>>> q.outputs[1].sql
+'TRY(CASE WHEN m_count_v1 > 0 THEN CAST(m_sum_v1 AS DOUBLE) / m_count_v1 END)'
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
+import sqlglot
 from sqlglot import exp
-from sqlglot.dialects.postgres import Postgres
 
-from gateway.errors import InputError, SqlError
+from gateway.errors import InputError, SqlError, StockadeError
 from policy.access import TableAccess, visible_columns
 from policy.locate import location
 from policy.principal import Principal
 from policy.rules.apply_table_policy import policy_subquery
 from policy.schema import Catalog, Schemas, access_for, columns_for
 
-#: The name SmartNoise sees for the relation.
+#: The name shown for the relation in the aggregate SQL people read (explain, audit).
 RELATION = "dp.rel"
 #: The column of the relation that holds the privacy unit.
 UNIT = "u"
+#: The key count used to censor rare groups (a count of the bounded rows).
+KEYCOUNT = "m_keys"
 _RAW_UNIT = "__stockade_unit"
 _ALIAS = "__r"
+_GUARDED = "stockade_guarded"
+#: Marker of "at least 0" (a variance); dropped when parts are released unclamped.
+NONNEG = "__stockade_nonneg"
 
 _AGGREGATES: dict[type[exp.Expr], str] = {
     exp.Count: "COUNT",
@@ -64,46 +107,72 @@ class DpQueryError(SqlError):
     """A query that ``dp`` mode cannot answer; the message says what to write."""
 
 
-class SmartNoiseSql(Postgres):
-    """PostgreSQL as SmartNoise's parser reads it: its CAST takes only FLOAT, INTEGER,
-    VARCHAR, BOOLEAN, DATE, TIME and TIMESTAMP (``CAST(x AS DOUBLE)`` or ``x::int`` from
-    the analyst become FLOAT and INTEGER)."""
-
-    class Generator(Postgres.Generator):  # type: ignore[valid-type,misc]
-        TYPE_MAPPING = {
-            **Postgres.Generator.TYPE_MAPPING,
-            **{t: "FLOAT" for t in exp.DataType.REAL_TYPES},
-            **{t: "INTEGER" for t in exp.DataType.INTEGER_TYPES},
-            **{t: "VARCHAR" for t in exp.DataType.TEXT_TYPES},
-        }
-
-
 def _refuse(message: str, node: exp.Expr | None = None) -> DpQueryError:
     line, col = location(node) if node is not None else (None, None)
     return DpQueryError(message, line=line, col=col)
 
 
 @dataclass(frozen=True)
+class Measure:
+    """One noisy measurement per group: a count or a sum over the bounded rows.
+
+    ``kind`` is ``keys`` (the key count that censors rare groups), ``count``
+    (of rows, or of a column's non-NULL values), ``sum`` or ``sumsq`` (of the
+    clamped values of ``value``). ``sensitivity`` is what one row can change it
+    by; one privacy unit has at most ``max_rows_per_unit`` rows.
+    """
+
+    name: str
+    kind: str
+    value: str | None = None
+    sensitivity: float = 1.0
+    integer: bool = True  # released as a whole number
+
+
+@dataclass(frozen=True)
 class OutputColumn:
-    """One column of the answer: its name and whether it carries noise."""
+    """One column of the answer: its name, whether it carries noise, and its release.
+
+    ``sql`` is a DuckDB expression over the group keys and the noisy measurements;
+    ``measures`` the measurements it reads; ``single`` is true when the column is
+    exactly one measurement (its interval is then exact and the same for every row).
+    """
 
     name: str
     noisy: bool
+    sql: str = ""
+    measures: tuple[str, ...] = ()
+    single: bool = False
+    unclamped_sql: str = ""
 
 
 @dataclass(frozen=True)
 class DpQuery:
-    """A ``dp`` query split into the relation and the SmartNoise query."""
+    """A ``dp`` query compiled into a relation, measurements and a release."""
 
     access: TableAccess
     relation_sql: str  # DuckDB SQL of the policy relation (u, v*, k*)
-    smartnoise_sql: str  # over ``dp.rel``; outputs c0, c1, ...
+    aggregate_sql: str  # the measurements over ``dp.rel`` (as people read it)
+    keys: tuple[str, ...]  # relation columns that are grouping keys, in GROUP BY order
+    measures: tuple[Measure, ...]
     outputs: tuple[OutputColumn, ...]
+    having: str | None
+    order: tuple[tuple[str, bool], ...]  # (expression, descending)
+    limit: int | None
     bounds: tuple[tuple[str, float | None, float | None], ...]  # (v column, lower, upper)
     grouped: bool
     normalized: str  # the analyst's query, normalised (for the result cache)
-    #: (v column, source column) of each value column read as is (not masked).
-    raw_values: tuple[tuple[str, str], ...] = ()
+    #: The declared key values of every grouping column (the grid of groups released),
+    #: or None when groups come from the data and rare ones are censored.
+    public_keys: tuple[tuple[Any, ...], ...] | None = None
+    public_key_types: tuple[str, ...] = ()  # DuckDB type of each grouping column
+    #: Relation columns holding integer values (their sums are whole numbers).
+    integer_values: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def censored(self) -> bool:
+        """Whether rare groups are censored by a noisy key count (needs δ > 0)."""
+        return self.grouped and self.public_keys is None
 
 
 def _strip_alias(node: exp.Expr) -> tuple[str, exp.Expr]:
@@ -140,6 +209,12 @@ def _check_shape(expression: exp.Expr) -> exp.Select:
         if expression.args.get(key):
             raise _refuse(f"dp mode does not support {key.upper()}; " + _WRITE + " with "
                           "WHERE, GROUP BY, HAVING, ORDER BY and LIMIT")
+    group = expression.args.get("group")
+    if group is not None and (any(group.args.get(k) for k in ("rollup", "cube",
+                                                               "grouping_sets"))
+                              or group.find(exp.Rollup, exp.Cube, exp.GroupingSets)):
+        raise _refuse("dp mode does not support ROLLUP, CUBE or GROUPING SETS; run one "
+                      "GROUP BY per grouping you need", group)
     placeholder = expression.find(exp.Placeholder, exp.Parameter)
     if placeholder is not None:
         raise _refuse("dp mode does not take query parameters yet; write the values into the "
@@ -151,14 +226,32 @@ def _check_shape(expression: exp.Expr) -> exp.Select:
     return expression
 
 
+def _ratio(numerator: exp.Expr, denominator: exp.Expr) -> exp.Expr:
+    """``numerator / denominator`` when the noisy denominator is positive, else NULL."""
+    if isinstance(numerator, exp.Cast) and numerator.to.is_type("double"):
+        numerator = numerator.this
+    division = exp.Div(this=exp.Cast(this=numerator, to=exp.DataType.build("DOUBLE")),
+                       expression=denominator.copy())
+    division.meta[_GUARDED] = True
+    return exp.Case(ifs=[exp.If(
+        this=exp.GT(this=denominator.copy(), expression=exp.Literal.number(0)),
+        true=division,
+    )])
+
+
+def _nonneg(node: exp.Expr) -> exp.Expr:
+    return exp.Anonymous(this=NONNEG, expressions=[node])
+
+
 class _Translator:
-    """Turns the analyst's aggregate expressions into SmartNoise SQL text."""
+    """Turns the analyst's aggregate expressions into expressions over measurements."""
 
     def __init__(self, access: TableAccess, visible: dict[str, str]) -> None:
         self.access = access
         self.visible = {c.lower(): (c, t) for c, t in visible.items()}
         self.values: dict[str, str] = {}  # visible column -> v name
         self.keys: list[tuple[exp.Expr, str]] = []  # grouping expression -> k/v name
+        self.measures: dict[str, Measure] = {}
 
     def value(self, column: exp.Column) -> str:
         name, _ = self.visible[column.name.lower()]
@@ -185,6 +278,37 @@ class _Translator:
         self.keys.append((node.copy(), name))
         return name
 
+    def _bounds(self, column: str) -> tuple[float | None, float | None]:
+        policy = self.access.columns.get(column)
+        if policy is None:
+            lowered = {c.lower(): p for c, p in self.access.columns.items()}
+            policy = lowered.get(column.lower())
+        return (None, None) if policy is None else (policy.lower, policy.upper)
+
+    def _integer(self, column: str) -> bool:
+        _, duck_type = self.visible[column.lower()]
+        return _is_integer_type(duck_type)
+
+    def measure(self, kind: str, column: str | None) -> exp.Column:
+        value = None if column is None else self.values[column]
+        name = "m_count" if column is None else f"m_{kind}_{value}"
+        if name not in self.measures:
+            sensitivity, integer = 1.0, True
+            if kind in ("sum", "sumsq") and column is not None:
+                lower, upper = self._bounds(column)
+                if lower is None or upper is None:
+                    sensitivity = math.inf
+                else:
+                    low, high = float(lower), float(upper)
+                    if self._integer(column):
+                        low, high = float(math.floor(low)), float(math.ceil(high))
+                    sensitivity = max(abs(low), abs(high))
+                    if kind == "sumsq":
+                        sensitivity = sensitivity ** 2
+                integer = self._integer(column)
+            self.measures[name] = Measure(name, kind, value, sensitivity, integer)
+        return exp.column(name)
+
     def aggregate(self, node: exp.Expr) -> exp.Expr:
         kind = next((n for t, n in _AGGREGATES.items() if type(node) is t), None)
         if kind is None:
@@ -200,17 +324,32 @@ class _Translator:
             raise _refuse(f"{kind}(DISTINCT ...) is not available in dp mode; "
                           f"use {kind} without DISTINCT", node)
         if kind == "COUNT" and isinstance(argument, exp.Star):
-            return exp.Anonymous(this="COUNT", expressions=[exp.Star()])
+            return self.measure("count", None)
         if not isinstance(argument, exp.Column):
             raise _refuse(f"{kind} takes one column in dp mode, e.g. {kind}(x); compute "
                           "expressions of the result instead (SUM(x) * 2, not SUM(x * 2))",
                           node)
-        return exp.Anonymous(this=kind, expressions=[exp.column(self.value(argument))])
+        column, _ = self.visible[argument.name.lower()]
+        self.value(argument)
+        if kind == "COUNT":
+            return self.measure("count", column)
+        if kind == "SUM":
+            return self.measure("sum", column)
+        total, count = self.measure("sum", column), self.measure("count", column)
+        if kind == "AVG":
+            return _ratio(total, count)
+        squares = self.measure("sumsq", column)
+        mean = _ratio(total, count)
+        variance = _nonneg(exp.Sub(this=_ratio(squares, count),
+                                   expression=exp.Mul(this=mean, expression=mean.copy())))
+        if kind == "VAR":
+            return variance
+        return exp.Sqrt(this=variance)
 
     def noisy(self, node: exp.Expr, what: str) -> exp.Expr:
-        """An expression over aggregates (and grouping keys), for SmartNoise."""
+        """An expression over aggregates (and grouping keys), over measurements."""
         node = node.copy()
-        if not node.find(exp.AggFunc) and self.key_for(node) is None:
+        if not node.find(exp.AggFunc) and not _compiled(node) and self.key_for(node) is None:
             column = node if isinstance(node, exp.Column) else node.find(exp.Column)
             name = column.name if column is not None else node.sql(dialect="duckdb")
             raise _refuse(
@@ -226,13 +365,58 @@ class _Translator:
                        if a is not child):
                     raise _refuse("Nested aggregates are not supported", child)
                 return self.aggregate(child)
-            if isinstance(child, exp.Column):
+            if isinstance(child, exp.Column) and child.table:
                 raise _refuse(
                     f"Column '{child.name}' is used outside an aggregate; in dp mode "
                     f"{_WRITE}, or add it to GROUP BY", child)
             return child
 
-        return node.transform(swap)
+        return _guard_divisions(node.transform(swap))
+
+
+def _guard_divisions(node: exp.Expr) -> exp.Expr:
+    """An analyst's division by a noisy value is NULL unless the denominator is positive."""
+    def guard(child: exp.Expr) -> exp.Expr:
+        if isinstance(child, exp.Div) and not child.meta.get(_GUARDED) \
+                and _reads_measures(child.expression):
+            return _ratio(child.this, child.expression)
+        return child
+    return node.transform(guard)
+
+
+def _compiled(node: exp.Expr) -> bool:
+    """Whether ``node`` reads a measurement or key already compiled (unqualified names)."""
+    return any(not c.table for c in node.find_all(exp.Column))
+
+
+def _reads_measures(node: exp.Expr) -> bool:
+    return any(c.name.startswith("m_") and not c.table for c in node.find_all(exp.Column))
+
+
+def _is_integer_type(duck_type: str) -> bool:
+    base = duck_type.upper().split("(")[0].strip()
+    return base in {"TINYINT", "SMALLINT", "INTEGER", "INT", "BIGINT", "HUGEINT", "UTINYINT",
+                    "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT", "INT1", "INT2", "INT4",
+                    "INT8", "BOOLEAN"}
+
+
+def render(node: exp.Expr, *, unclamped: bool = False) -> str:
+    """DuckDB SQL of a release expression; ``NONNEG`` makes a negative value 0.
+
+    >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]))
+    'TRY(CASE WHEN m_v < 0 THEN 0 ELSE m_v END)'
+    >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]), unclamped=True)
+    'TRY(m_v)'
+    """
+    def swap(child: exp.Expr) -> exp.Expr:
+        if isinstance(child, exp.Anonymous) and child.name == NONNEG:
+            inner = child.expressions[0]
+            return inner if unclamped else exp.Case(
+                ifs=[exp.If(this=exp.LT(this=inner.copy(), expression=exp.Literal.number(0)),
+                            true=exp.Literal.number(0))], default=inner)
+        return child
+    body = node.copy().transform(swap)
+    return f"TRY({body.sql(dialect='duckdb')})"
 
 
 def translate(
@@ -242,7 +426,7 @@ def translate(
     catalog: Catalog,
     schemas: Schemas,
 ) -> DpQuery:
-    """Check a qualified query against ``dp`` mode and split it (see the module doc)."""
+    """Check a qualified query against ``dp`` mode and compile it (see the module doc)."""
     select = _check_shape(expression)
     table = next(select.find_all(exp.Table))
     access = access_for(catalog, table)
@@ -258,72 +442,103 @@ def translate(
     group = select.args.get("group")
     for node in group.expressions if group else []:
         tr.add_key(node)
+    public = _public_keys(access, tr) if group else None
+    if group and public is None:
+        tr.measures[KEYCOUNT] = Measure(KEYCOUNT, "keys")
 
     outputs: list[OutputColumn] = []
-    items: list[str] = []
-    for i, projection in enumerate(select.expressions):
+    by_name: dict[str, exp.Expr] = {}
+    for projection in select.expressions:
         name, body = _strip_alias(projection)
         if isinstance(body, exp.Star):
             raise _refuse("dp mode returns aggregates only; " + _WRITE, body)
         key = tr.key_for(body)
         if key is not None:
-            outputs.append(OutputColumn(name, noisy=False))
-            items.append(f"{key} AS c{i}")
+            release: exp.Expr = exp.column(key)
+            outputs.append(OutputColumn(name, noisy=False, sql=render(release)))
         else:
-            translated = tr.noisy(body, "Column")
-            outputs.append(OutputColumn(name, noisy=True))
-            items.append(f"{translated.sql(dialect=SmartNoiseSql)} AS c{i}")
-    by_name = {o.name: f"c{i}" for i, o in enumerate(outputs)}
+            release = tr.noisy(body, "Column")
+            reads = tuple(dict.fromkeys(c.name for c in release.find_all(exp.Column)
+                                        if c.name.startswith("m_")))
+            single = isinstance(body, exp.Count | exp.Sum) and len(reads) == 1
+            if single and isinstance(body, exp.Sum) and tr.measures[reads[0]].integer:
+                # The sum of whole numbers is released as a whole number.
+                release = exp.Cast(this=exp.Round(this=release),
+                                   to=exp.DataType.build("BIGINT"))
+            outputs.append(OutputColumn(
+                name, noisy=True, sql=render(release), measures=reads, single=single,
+                unclamped_sql=render(release, unclamped=True)))
+        by_name.setdefault(name, release)
 
-    def post(node: exp.Expr, what: str) -> str:
+    def post(node: exp.Expr, what: str) -> exp.Expr:
+        """HAVING/ORDER BY: an output's name stands for its release; the rest is compiled."""
         def to_output(child: exp.Expr) -> exp.Expr:
             if isinstance(child, exp.Column) and not child.table and child.name in by_name:
-                return exp.column(by_name[child.name])
+                return exp.Paren(this=by_name[child.name].copy())
             return child
 
-        node = node.copy().transform(to_output)
-        if all(c.name in by_name.values() for c in node.find_all(exp.Column)) \
-                and not node.find(exp.AggFunc):
-            return node.sql(dialect=SmartNoiseSql)
-        return tr.noisy(node, what).sql(dialect=SmartNoiseSql)
+        return tr.noisy(node.copy().transform(to_output), what)
 
-    sql = f"SELECT {', '.join(items)} FROM {RELATION}"
-    if group:
-        sql += " GROUP BY " + ", ".join(name for _, name in tr.keys)
-    having = select.args.get("having")
-    if having is not None:
-        sql += " HAVING " + post(having.this, "HAVING column")
-    order = select.args.get("order")
-    if order is not None:
-        parts = []
-        for ordered in order.expressions:
-            parts.append(post(ordered.this, "ORDER BY column")
-                         + (" DESC" if ordered.args.get("desc") else ""))
-        sql += " ORDER BY " + ", ".join(parts)
-    limit = select.args.get("limit")
-    if limit is not None:
-        count = limit.expression
+    having_node = select.args.get("having")
+    having = render(post(having_node.this, "HAVING column")) if having_node else None
+    order: list[tuple[str, bool]] = []
+    order_node = select.args.get("order")
+    for ordered in order_node.expressions if order_node else []:
+        order.append((render(post(ordered.this, "ORDER BY column")),
+                      bool(ordered.args.get("desc"))))
+    limit = None
+    limit_node = select.args.get("limit")
+    if limit_node is not None:
+        count = limit_node.expression
         if not (isinstance(count, exp.Literal) and count.is_int):
-            raise _refuse("LIMIT takes a number in dp mode", limit)
-        sql += f" LIMIT {int(count.name)}"
+            raise _refuse("LIMIT takes a number in dp mode", limit_node)
+        limit = int(count.name)
 
     relation = _relation(select, access, source, list(visible), principal, tr)
     bounds = tuple(
-        (v, access.columns[c].lower if c in access.columns else None,
-         access.columns[c].upper if c in access.columns else None)
-        for c, v in tr.values.items()
+        (v, *tr._bounds(c)) for c, v in tr.values.items()
     )
-    masked = {m.lower() for m in access.masks}
-    return DpQuery(
+    measures = tuple(sorted(tr.measures.values(), key=lambda m: (m.kind != "keys",)))
+    keys = tuple(name for _, name in tr.keys)
+    query = DpQuery(
         access=access,
         relation_sql=relation,
-        smartnoise_sql=sql,
+        aggregate_sql="",
+        keys=keys,
+        measures=measures,
         outputs=tuple(outputs),
+        having=having,
+        order=tuple(order),
+        limit=limit,
         bounds=bounds,
         grouped=group is not None,
         normalized=select.sql(dialect="duckdb", identify=True, normalize=True),
-        raw_values=tuple((v, c) for c, v in tr.values.items() if c.lower() not in masked),
+        public_keys=public,
+        public_key_types=_key_types(tr) if public is not None else (),
+        integer_values=frozenset(v for c, v in tr.values.items() if tr._integer(c)),
     )
+    from gateway.dp.aggregate import aggregate_sql
+
+    shown = aggregate_sql(query, relation=RELATION, sample=False)
+    return DpQuery(**{**query.__dict__, "aggregate_sql": shown})
+
+
+def _public_keys(access: TableAccess, tr: _Translator) -> tuple[tuple[Any, ...], ...] | None:
+    """The declared values of every grouping column, or None if one is not declared."""
+    declared = {c.lower(): v for c, v in access.public_keys.items()}
+    grid: list[tuple[Any, ...]] = []
+    by_value = {v: c for c, v in tr.values.items()}
+    for node, name in tr.keys:
+        column = by_value.get(name) if isinstance(node, exp.Column) else None
+        if column is None or column.lower() not in declared:
+            return None
+        grid.append(tuple(declared[column.lower()]))
+    return tuple(grid)
+
+
+def _key_types(tr: _Translator) -> tuple[str, ...]:
+    by_value = {v: c for c, v in tr.values.items()}
+    return tuple(tr.visible[by_value[name].lower()][1] for _, name in tr.keys)
 
 
 def _relation(
@@ -370,3 +585,35 @@ def _relation(
     if where is not None:
         outer = outer.where(requalify(where.this), copy=False)
     return outer.sql(dialect="duckdb", identify=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def over_snapshot(relation_sql: str, dataset: str, table: str, snapshot: str) -> str:
+    """``relation_sql`` reading the table reference ``snapshot`` instead of ``dataset.table``.
+
+    Only the table the policy subquery reads is swapped (it keeps the table's name
+    as its alias, so the policy's qualified columns still resolve); a relation of
+    another shape is refused rather than read unbounded.
+
+    >>> print(over_snapshot('SELECT "__r"."u" AS "u" FROM (SELECT "t"."x", "t"."p" AS '
+    ...                     '"__stockade_unit" FROM "d"."t" WHERE ("t"."ok")) AS "__r"',
+    ...                     "d", "t", '"__dp_bounded_1"."main"."bounded"'))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    SELECT "__r"."u" AS "u" FROM (SELECT "t"."x", "t"."p" AS "__stockade_unit"
+    FROM "__dp_bounded_1"."main"."bounded" AS "t" WHERE ("t"."ok")) AS "__r"
+    """
+    tree = sqlglot.parse_one(relation_sql, read="duckdb")
+    outer = tree.args.get("from_")
+    inner = outer.this if outer is not None else None
+    source = None
+    if isinstance(inner, exp.Subquery) and isinstance(inner.this, exp.Select):
+        found = inner.this.args.get("from_")
+        source = found.this if found is not None else None
+    if not (isinstance(source, exp.Table) and source.name == table and source.db == dataset
+            and not source.catalog and not source.alias):
+        raise StockadeError("The dp relation does not read its table where expected; "
+                            "cannot read the bounded snapshot")  # pragma: no cover
+    reference = sqlglot.parse_one(f"SELECT * FROM {snapshot}", read="duckdb").args["from_"].this
+    reference.set("alias", exp.TableAlias(this=exp.to_identifier(table, quoted=True)))
+    source.replace(reference)
+    return tree.sql(dialect="duckdb", identify=True)
