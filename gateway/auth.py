@@ -152,7 +152,11 @@ class DeferredLogins:
         return DeferredLogin(name, new_token(), self._clock() + self.ttl_s, password)
 
     def keep(self, login: DeferredLogin) -> None:
+        """Keep ``login`` until its token's next call; expired ones (oldest first) go now."""
+        now = self._clock()
         with self._lock:
+            while self._entries and next(iter(self._entries.values())).expires <= now:
+                self._entries.popitem(last=False)
             self._entries[session_id(login.token)] = login
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

@@ -428,6 +428,8 @@ def test_deferred_logins_are_bounded_and_expire() -> None:
     assert logins.find(made[0].token) is None and logins.find(made[-1].token) is made[-1]
     clock.now = 61.0
     assert logins.find(made[-1].token) is None
+    logins.keep(logins.new("late", "pw"))  # the expired ones (and their passwords) go
+    assert len(logins) == 1
     assert "pw" not in repr(made[-1])
 
 
