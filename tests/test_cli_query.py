@@ -169,24 +169,25 @@ def test_dp_footer_accounts_exactly(gateway, cli, analyst):  # type: ignore[no-u
     code, out, err = cli("query", "--url", gateway.url, count, **run)
     assert (code, err) == (0, "")
     # ε 0.1 per query (the analyst role's epsilon_per_query); a count's sensitivity is
-    # max_rows_per_unit = 5, so the Laplace scale is 5 / 0.1 = 50 and the 95% half-width
-    # 50 · ln(20) = 149.787.
+    # max_rows_per_unit = 5, so the Laplace scale is 5 / 0.1 = 50; a count is a whole
+    # number, so its 95% half-width is the smallest whole k >= 50 · ln(20) - 1/2: 150.
     assert _footer(out) == [
         "privacy: ε spent 0.1, remaining 2.9; δ spent 0, remaining 1e-06",
         "column  mechanism  95% half-width",
-        "n       laplace    ±149.787",
+        "n       laplace    ±150",
     ]
     noisy = int(out.splitlines()[2])
     assert abs(noisy - 20_000) < 25 * 50
     code, out, _ = cli("query", "--url", gateway.url, count + " WHERE age > 40", **run)
     assert _footer(out)[0] == "privacy: ε spent 0.1, remaining 2.8; δ spent 0, remaining 1e-06"
-    # --epsilon changes the spend and the noise: scale 5 / 0.25 = 20, half-width 59.9146.
+    # --epsilon changes the spend and the noise: scale 5 / 0.25 = 20, half-width
+    # ceil(20 · ln(20) - 1/2) = 60.
     code, out, _ = cli("query", "--url", gateway.url, "--epsilon", "0.25",
                        count + " WHERE age > 50", **run)
     assert _footer(out) == [
         "privacy: ε spent 0.25, remaining 2.55; δ spent 0, remaining 1e-06",
         "column  mechanism  95% half-width",
-        "n       laplace    ±59.9146",
+        "n       laplace    ±60",
     ]
     # The same question again: the same answer, nothing spent.
     code, again, _ = cli("query", "--url", gateway.url, count, **run)
