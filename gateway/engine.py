@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Full, Queue
@@ -156,6 +156,13 @@ def engine_error(exc: BaseException, *, timeout_s: float | None = None) -> Stock
         return QueryFailedError(scrub_message(redact(str(exc))[0],
                                               values=isinstance(exc, _VALUE_ERRORS)))
     raise exc
+
+
+def _params(parameters: Sequence[Any] | Mapping[str, Any] | None) -> Any:
+    """DuckDB's ``params``: a list (positional), a dict (named ``$name``), or None."""
+    if not parameters:
+        return None
+    return dict(parameters) if isinstance(parameters, Mapping) else list(parameters)
 
 
 class Watchdog:
@@ -388,12 +395,14 @@ class Engine(Retiring):
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
         return self.result_schema(f"SELECT * FROM {identifier(dataset)}.{identifier(table)}")
 
-    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+    def result_schema(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> pa.Schema:
         """The Arrow schema of ``sql``'s result, without running it."""
         with self.in_use():
             cur = self.cursor()
             try:
-                rel = cur.sql(sql, params=list(parameters) if parameters else None)
+                rel = cur.sql(sql, params=_params(parameters))
                 return rel.limit(0).to_arrow_table().schema
             except duckdb.Error as exc:
                 raise engine_error(exc) from None
@@ -403,7 +412,7 @@ class Engine(Retiring):
     def execute(
         self,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
         batch_rows: int = 65_536,
@@ -424,7 +433,7 @@ class Engine(Retiring):
         watch = self._watchdog.arm(timeout_s, cur) if timeout_s else None
         started = time.monotonic()
         try:
-            rel = cur.sql(sql, params=list(parameters) if parameters else None)
+            rel = cur.sql(sql, params=_params(parameters))
             reader = rel.to_arrow_reader(batch_rows)
         except BaseException as exc:
             if watch is not None:

@@ -26,10 +26,12 @@ import pyarrow.flight as flight
 from gateway import admin
 from gateway.auth import AuthMiddleware, AuthMiddlewareFactory, NoOpHandshake
 from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, check_epsilon
-from gateway.domain import Domain, LruCache, parameter_values
+from gateway.domain import Domain, LruCache
 from gateway.errors import AuthenticationError, InputError
 from gateway.flightsql.schemas import annotate_schema, like_match
 from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo, json_body
+from gateway.limits import RequestLimits
+from gateway.parameters import Parameters
 from policy.principal import Principal
 
 log = logging.getLogger("stockade.server")
@@ -50,6 +52,7 @@ class DomainServer(FlightSqlServer):
         token_ttl_s: int = 3600,
         max_batch_bytes: int = 4 * 1024 * 1024,
         tls_certificates: Sequence[tuple[bytes, bytes]] | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.domain = domain
         factory = AuthMiddlewareFactory(
@@ -59,7 +62,8 @@ class DomainServer(FlightSqlServer):
         kwargs: dict[str, Any] = {"auth_handler": NoOpHandshake(), "middleware": {AUTH: factory}}
         if tls_certificates:
             kwargs["tls_certificates"] = list(tls_certificates)
-        super().__init__(location, max_batch_bytes=max_batch_bytes, **kwargs)
+        super().__init__(location, max_batch_bytes=max_batch_bytes,
+                         limits=limits or domain.state.limits, **kwargs)
         # (user, session id) -> that session's options; bounded, oldest forgotten first.
         self._sessions: LruCache[tuple[str, str], dict[str, SessionValue]] = LruCache(10_000)
 
@@ -220,7 +224,7 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.Schema:
         return self.domain.result_schema(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
         )
 
@@ -228,7 +232,7 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.Schema:
         return self.domain.answer_schema(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
         )
 
@@ -241,6 +245,6 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.RecordBatchReader:
         return self.domain.execute(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
         )

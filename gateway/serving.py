@@ -34,6 +34,7 @@ def start_server(settings: Settings):  # type: ignore[no-untyped-def]
     domain = Domain.open(
         settings.policy, settings.data_dir,
         limits=EngineLimits(memory_limit=settings.memory_limit, threads=settings.threads),
+        request_limits=settings.request_limits,
     )
     try:
         password = ensure_admin(

@@ -21,8 +21,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.limits import RequestLimits
 
 _REQUIRED = object()
+_LIMITS = RequestLimits()  # the request limits' defaults, declared with the limits
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("threads", 2, _positive, "DuckDB threads for analyst queries"),
     Setting("max_batch_bytes", 4 * 1024 * 1024, _positive,
             "largest Arrow record batch sent to a client (ADBC refuses messages over 16 MiB)"),
+    Setting("max_query_bytes", _LIMITS.max_query_bytes, _positive,
+            "longest SQL text accepted, in bytes"),
+    Setting("max_query_nodes", _LIMITS.max_query_nodes, _positive,
+            "most expression nodes in one query (planning time grows with them)"),
+    Setting("max_query_depth", _LIMITS.max_query_depth, _positive,
+            "deepest expression nesting in one query (an AND chain nests once per condition)"),
+    Setting("max_parameter_rows", _LIMITS.max_parameter_rows, _positive,
+            "most parameter rows bound to one prepared statement execution"),
+    Setting("max_parameter_bytes", _LIMITS.max_parameter_bytes, _positive,
+            "largest parameter batch bound to one prepared statement execution, in bytes"),
 )
 
 
@@ -85,6 +97,19 @@ class Settings:
     memory_limit: str
     threads: int
     max_batch_bytes: int
+    max_query_bytes: int
+    max_query_nodes: int
+    max_query_depth: int
+    max_parameter_rows: int
+    max_parameter_bytes: int
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """What one request may ask (:mod:`gateway.limits`)."""
+        return RequestLimits(
+            max_query_bytes=self.max_query_bytes, max_query_nodes=self.max_query_nodes,
+            max_query_depth=self.max_query_depth, max_parameter_rows=self.max_parameter_rows,
+            max_parameter_bytes=self.max_parameter_bytes)
 
 
 def load_settings(given: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
