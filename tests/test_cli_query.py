@@ -114,6 +114,23 @@ def test_table_shows_max_rows_then_how_many_more(gateway, cli):  # type: ignore[
     assert out.splitlines()[-1] == "(60 rows)" and len(out.splitlines()) == 63
 
 
+def test_footer_says_when_the_answer_was_cut(gateway, cli, tmp_path):  # type: ignore[no-untyped-def]
+    sql = "SELECT screening_id FROM oncology.screenings"  # carl may fetch 100 rows
+    code, out, err = cli("query", "--url", gateway.url, "--max-rows", "2", sql, user="carl")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == (
+        "truncated: the answer stops at 100 rows, the most your role may fetch (max_rows); "
+        "filter or aggregate, or ask the data owner for more")
+    assert "… 98 more rows (100 in all;" in out
+    target = tmp_path / "cut.csv"
+    code, out, err = cli("query", "--url", gateway.url, "--output", str(target), sql,
+                         user="carl")
+    assert code == 0 and err.startswith("truncated: the answer stops at 100 rows")
+    assert len(target.read_text().splitlines()) == 101  # header and 100 rows
+    code, out, err = cli("query", "--url", gateway.url, sql + " LIMIT 100", user="carl")
+    assert code == 0 and "truncated" not in out + err
+
+
 ROWS = ("SELECT screening_id, site, screened_on, age, test, tumor_size_mm "
         "FROM oncology.screenings ORDER BY screening_id LIMIT 700")
 AGGREGATES = ("SELECT site, count(*) AS n, sum(age) AS total_age, avg(tumor_size_mm) AS mean_size "
