@@ -144,6 +144,10 @@ class OutputColumn:
     measures: tuple[str, ...] = ()
     single: bool = False
     unclamped_sql: str = ""
+    #: The same release with nothing made non-negative and square roots extended to
+    #: negative values (sign(x)·sqrt(|x|)): what a derived column's interval is
+    #: simulated on (see :mod:`gateway.dp.release`).
+    spread_sql: str = ""
 
 
 @dataclass(frozen=True)
@@ -400,7 +404,7 @@ def _is_integer_type(duck_type: str) -> bool:
                     "INT8", "BOOLEAN"}
 
 
-def render(node: exp.Expr, *, unclamped: bool = False) -> str:
+def render(node: exp.Expr, *, unclamped: bool = False, signed_roots: bool = False) -> str:
     """DuckDB SQL of a release expression; ``NONNEG`` makes a negative value 0.
 
     >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]))
@@ -409,6 +413,10 @@ def render(node: exp.Expr, *, unclamped: bool = False) -> str:
     'TRY(m_v)'
     """
     def swap(child: exp.Expr) -> exp.Expr:
+        if signed_roots and isinstance(child, exp.Sqrt):
+            inner = child.this
+            return exp.Mul(this=exp.Anonymous(this="SIGN", expressions=[inner.copy()]),
+                           expression=exp.Sqrt(this=exp.Abs(this=inner)))
         if isinstance(child, exp.Anonymous) and child.name == NONNEG:
             inner = child.expressions[0]
             return inner if unclamped else exp.Case(
@@ -467,7 +475,8 @@ def translate(
                                    to=exp.DataType.build("BIGINT"))
             outputs.append(OutputColumn(
                 name, noisy=True, sql=render(release), measures=reads, single=single,
-                unclamped_sql=render(release, unclamped=True)))
+                unclamped_sql=render(release, unclamped=True),
+                spread_sql=render(release, unclamped=True, signed_roots=True)))
         by_name.setdefault(name, release)
 
     def post(node: exp.Expr, what: str) -> exp.Expr:
