@@ -412,11 +412,14 @@ def render(node: exp.Expr, *, unclamped: bool = False, signed_roots: bool = Fals
     >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]), unclamped=True)
     'TRY(m_v)'
     """
-    def swap(child: exp.Expr) -> exp.Expr:
-        if signed_roots and isinstance(child, exp.Sqrt):
+    def signed(child: exp.Expr) -> exp.Expr:
+        if isinstance(child, exp.Sqrt):
             inner = child.this
             return exp.Mul(this=exp.Anonymous(this="SIGN", expressions=[inner.copy()]),
                            expression=exp.Sqrt(this=exp.Abs(this=inner)))
+        return child
+
+    def swap(child: exp.Expr) -> exp.Expr:
         if isinstance(child, exp.Anonymous) and child.name == NONNEG:
             inner = child.expressions[0]
             return inner if unclamped else exp.Case(
@@ -424,6 +427,8 @@ def render(node: exp.Expr, *, unclamped: bool = False, signed_roots: bool = Fals
                             true=exp.Literal.number(0))], default=inner)
         return child
     body = node.copy().transform(swap)
+    if signed_roots:
+        body = body.transform(signed)
     return f"TRY({body.sql(dialect='duckdb')})"
 
 
