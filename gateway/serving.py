@@ -55,6 +55,7 @@ def start_server(settings: Settings):  # type: ignore[no-untyped-def]
             f"{scheme}://{settings.host}:{settings.port}",
             token_ttl_s=settings.token_ttl_s,
             max_batch_bytes=settings.max_batch_bytes,
+            max_pattern_length=settings.max_pattern_length,
             tls_certificates=tls,
         )
     except BaseException:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH
 
 _REQUIRED = object()
 
@@ -77,6 +78,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("threads", 2, _positive, "DuckDB threads for analyst queries"),
     Setting("max_batch_bytes", 4 * 1024 * 1024, _positive,
             "largest Arrow record batch sent to a client (ADBC refuses messages over 16 MiB)"),
+    Setting("max_pattern_length", DEFAULT_MAX_PATTERN_LENGTH, _positive,
+            "longest LIKE pattern accepted by GetDbSchemas/GetTables, in characters"),
     Setting("dp_snapshot_check_s", 60, _seconds,
             "how often the files behind dp tables' bounded samples are hashed again, to "
             "rebuild a sample when its source's content changed (0: never)"),
@@ -95,6 +98,7 @@ class Settings:
     memory_limit: str
     threads: int
     max_batch_bytes: int
+    max_pattern_length: int
     dp_snapshot_check_s: float
 
 

@@ -846,16 +846,18 @@ class StateStore:
                 " updated_at = excluded.updated_at", (name, self._clock()))
         return None if row is None else str(row[0])
 
-    def issue_token(self, user: User | str, ttl_s: float) -> str:
+    def issue_token(self, user: User | str, ttl_s: float, *, token: str | None = None) -> str:
         """A new session token for ``user``, valid ``ttl_s`` seconds.
 
         Only the token's digest is stored; the token itself is returned once.
-        Expired tokens are purged on the way.
+        Expired tokens are purged on the way. ``token`` is one made beforehand
+        with :func:`gateway.passwords.new_token` (a login decided after its token
+        was sent: :mod:`gateway.auth`).
         """
         if not ttl_s > 0:
             raise InputError(f"A token lifetime must be positive, not {ttl_s}.")
         name = user.name if isinstance(user, User) else user
-        token = new_token()
+        token = new_token() if token is None else token
         now = self._clock()
         with self._transaction() as con:
             row = con.execute("SELECT name FROM users WHERE name = ?", (name,)).fetchone()

@@ -19,12 +19,19 @@ the session): each is needed to log in to its domain when it was down at login
 time, and again when the domain's token expires. They are never written
 anywhere, logged or sent anywhere but each to its own domain.
 
-Domains throttle failed logins per user name (:class:`gateway.auth.LoginThrottle`),
-and every network login is a login at every domain. So that the network does not
-lock analysts out of a domain by retrying credentials the domain refused, a
+Domains throttle failed logins per (user name, client address)
+(:class:`gateway.throttle.LoginThrottle`), and every network login is a login at
+every domain, from the network's address. So that the network does not get its
+analysts throttled at a domain by retrying credentials the domain refused, a
 refusal is remembered (per domain, user and a keyed digest of the credential, in
 memory, for ``rejection_memory_s``) and not retried meanwhile; the network also
-throttles failed network logins itself.
+throttles failed network logins itself, per (user name, analyst's address), the
+way a domain does (:mod:`gateway.auth`): once a user name has failed often, its
+Basic logins are decided where pyarrow tells the client's address, by the first
+call that is not a Handshake.
+
+Every call needs a login but the ``stockade.network.health`` action, which
+answers ``{"status": "ok"}`` and nothing else.
 """
 
 from __future__ import annotations
@@ -47,9 +54,11 @@ import pyarrow.flight as flight
 from gateway.auth import (
     AUTH_REQUIRED,
     MALFORMED_HEADER,
-    LoginThrottle,
+    DeferredLogin,
+    DeferredLogins,
     decode_basic,
     first_header,
+    throttled_message,
 )
 from gateway.dialects import DIALECT_HEADER, EPSILON_HEADER
 from gateway.errors import (
@@ -60,6 +69,7 @@ from gateway.errors import (
 )
 from gateway.flight_errors import to_flight_error
 from gateway.network_keys import derive
+from gateway.throttle import LoginThrottle, client_address
 from network.domains import DomainDown, DomainLink, DomainRejected, DomainTimeout
 from network.options import PARTIAL_HEADER
 
@@ -198,15 +208,21 @@ class Sessions:
                    for name, link in self.links.items()}
         return {name: future.result() for name, future in futures.items()}
 
-    def login(self, user: str, password: str) -> tuple[str, NetworkSession]:
+    def login(self, user: str, password: str, *, address: str | None = None,
+              token: str | None = None) -> tuple[str, NetworkSession]:
         """Log in to every domain; ``(network token, session)``.
 
         ``password`` is used to derive each domain's credential and then dropped.
-        Domains known to be down (the last health check failed) are not waited
-        for: the session logs in to them when they are first needed.
+        ``address`` is the analyst's (:func:`gateway.throttle.client_address`),
+        None where it is not known; ``token`` a network token made beforehand (a
+        login decided after its token was sent). Domains known to be down (the
+        last health check failed) are not waited for: the session logs in to them
+        when they are first needed.
         """
-        if not self.throttle.allowed(user):
-            raise AuthenticationError(WRONG_CREDENTIALS)
+        if address is not None:
+            wait = self.throttle.wait_s(user, address)
+            if wait > 0:
+                raise AuthenticationError(throttled_message(wait))
         credentials = self.derive(password)
         del password
         futures = {name: self._pool.submit(self._login_one, link, user, credentials[name],
@@ -222,15 +238,15 @@ class Sessions:
         if not any(login.state == "ok" for login in logins.values()):
             rejected = sorted(n for n, login in logins.items() if login.state == "rejected")
             if rejected:
-                self.throttle.failure(user)
+                self.throttle.failure(user, address)
                 raise AuthenticationError(
                     f"{WRONG_CREDENTIALS}: no domain of the network accepted them "
                     f"(refused by {', '.join(rejected)}). {NOT_SEEN_HINT}")
             reasons = "; ".join(login.message for login in logins.values())
             raise UnavailableError("No domain of the network could check your credentials: "
                                    f"{reasons}")
-        self.throttle.success(user)
-        token = secrets.token_urlsafe(32)
+        self.throttle.success(user, address)
+        token = token or secrets.token_urlsafe(32)
         session = NetworkSession(
             _session_id(token), user, time.monotonic() + self.ttl_s, logins, credentials)
         with self._lock:
@@ -361,14 +377,30 @@ def _session_id(token: str) -> str:
 
 
 class NetworkMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
-    """The caller of one call: their session (None for an anonymous call) and headers."""
+    """The caller of one call: their session (None for an anonymous call) and headers.
+
+    A middleware with a ``deferred`` login has its session only once
+    :meth:`verify` has logged in with the client's address.
+    """
 
     def __init__(self, session: NetworkSession | None, token: str | None = None, *,
-                 headers: Mapping[str, str | None] | None = None) -> None:
+                 headers: Mapping[str, str | None] | None = None,
+                 deferred: tuple[NetworkAuthFactory, DeferredLogin] | None = None) -> None:
         super().__init__()
         self.session = session
         self.token = token
         self.headers = dict(headers or {})
+        self._deferred = deferred
+
+    def verify(self, peer: str) -> None:
+        """Decide a deferred login now that the client's address (``context.peer()``) is known."""
+        if self._deferred is None:
+            return
+        factory, login = self._deferred
+        address = client_address(peer)
+        self.session = login.settle(
+            lambda user, password: factory.check_deferred(login, password, address))
+        self._deferred = None
 
     def sending_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
@@ -381,40 +413,70 @@ class NetworkMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
 class NetworkAuthFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
     """Basic → log in to the domains and issue a network token; Bearer → the session.
 
-    A call without credentials goes through as anonymous: the server refuses
-    everything to it but the network's status and the list of actions.
+    A call without credentials is refused, but for DoAction, which goes through
+    as anonymous: the server answers the health action alone to it.
     """
 
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, deferred: DeferredLogins | None = None) -> None:
         super().__init__()
         self.sessions = sessions
+        self.deferred = deferred if deferred is not None else DeferredLogins()
 
-    def start_call(self, info: flight.CallInfo, headers: Mapping[str, Any]) -> NetworkMiddleware:
+    def start_call(self, info: flight.CallInfo | None, headers: Mapping[str, Any]
+                   ) -> NetworkMiddleware:
         try:
-            return self._start(headers)
+            method = info.method if info is not None else None
+            return self._start(headers, method)
         except Exception as exc:
             raise to_flight_error(exc) from None
 
-    def _start(self, headers: Mapping[str, Any]) -> NetworkMiddleware:
+    def _start(self, headers: Mapping[str, Any], method: Any) -> NetworkMiddleware:
         options = {name: first_header(headers, name)
                    for name in (DIALECT_HEADER, EPSILON_HEADER, PARTIAL_HEADER)}
         value = first_header(headers, "authorization")
         if not value or not value.strip():
-            return NetworkMiddleware(None, headers=options)
+            if method == flight.FlightMethod.DO_ACTION:
+                return NetworkMiddleware(None, headers=options)
+            raise AuthenticationError(AUTH_REQUIRED)
         scheme, _, credentials = value.strip().partition(" ")
         if scheme.lower() == "bearer":
-            return NetworkMiddleware(self.sessions.find(credentials.strip()), headers=options)
+            token = credentials.strip()
+            login = self.deferred.find(token)
+            if login is not None:  # a Handshake's login, decided by this call
+                return NetworkMiddleware(None, headers=options, deferred=(self, login))
+            return NetworkMiddleware(self.sessions.find(token), headers=options)
         if scheme.lower() == "basic":
             user, password = decode_basic(credentials)
+            if self.sessions.throttle.guarded(user):
+                login = self.deferred.new(user, password)
+                if method == flight.FlightMethod.HANDSHAKE:
+                    self.deferred.keep(login)
+                return NetworkMiddleware(None, login.token, headers=options,
+                                         deferred=(self, login))
             token, session = self.sessions.login(user, password)
             return NetworkMiddleware(session, token, headers=options)
         raise AuthenticationError(MALFORMED_HEADER)
 
+    def check_deferred(self, login: DeferredLogin, password: str, address: str
+                       ) -> NetworkSession:
+        """Log a deferred login in from ``address``; its token becomes valid if it succeeds.
+
+        A refused one stays known until it expires: each call with its token gets
+        the same refusal.
+        """
+        session = self.sessions.login(login.name, password, address=address,
+                                      token=login.token)[1]
+        self.deferred.discard(login.token)
+        return session
+
 
 def session_of(context: flight.ServerCallContext, key: str) -> NetworkSession:
-    """The caller's session; unauthenticated error for an anonymous call."""
+    """The caller's session, its login decided; unauthenticated error for an anonymous call."""
     middleware = context.get_middleware(key)
-    if not isinstance(middleware, NetworkMiddleware) or middleware.session is None:
+    if not isinstance(middleware, NetworkMiddleware):
+        raise AuthenticationError(AUTH_REQUIRED)
+    middleware.verify(context.peer())
+    if middleware.session is None:
         raise AuthenticationError(AUTH_REQUIRED)
     return middleware.session
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from gateway.errors import ConfigError, did_you_mean
+from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH
 
 #: The virtual catalog of federated queries; no domain may take its name.
 FEDERATED = "federated"
@@ -90,9 +91,11 @@ class NetworkSettings:
     max_parallel: int = 16  # most domain calls in flight at once, across all queries
     session_ttl_s: float = 3600.0  # lifetime of an analyst's network session (and password)
     rejection_memory_s: float = 300.0  # how long a domain's refusal of a password is trusted
+    max_pattern_length: int = DEFAULT_MAX_PATTERN_LENGTH  # longest catalog LIKE pattern
 
 
 SETTING_KEYS = tuple(NetworkSettings.__dataclass_fields__)
+_WHOLE_SETTINGS = ("max_parallel", "max_pattern_length")
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,7 @@ def load_config_text(text: str, *, file: str | None = None,
     if "settings" in top:
         entries = top["settings"].mapping(SETTING_KEYS)
         values: dict[str, float | int] = {
-            key: (node.count() if key == "max_parallel" else node.number())
+            key: (node.count() if key in _WHOLE_SETTINGS else node.number())
             for key, node in entries.items()
         }
         settings = NetworkSettings(**values)  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ from policy.expressions import bind_secrets, secrets_used
 from policy.model import Policy
 from policy.principal import Principal
 from policy.rules.apply_table_policy import apply_table_policy
+from policy.rules.check_costs import check_costs
 from policy.rules.check_functions import check_functions
 from policy.rules.check_joins import check_joins
 from policy.rules.check_modes import check_modes
@@ -63,6 +64,7 @@ RULES: tuple[Rule, ...] = (
     resolve_tables,
     check_modes,
     check_functions,
+    check_costs,
     qualify_columns,
     check_joins,
     enforce_aggregate,

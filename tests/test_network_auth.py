@@ -104,17 +104,23 @@ def test_every_domain_refusing_says_how_to_give_them_the_password() -> None:
 
 
 def test_every_domain_refusing_is_a_wrong_password_and_is_throttled() -> None:
+    # Throttled per (user, analyst's address): the guesser waits, the analyst elsewhere
+    # does not (before, five wrong passwords from anyone locked the name out).
     a, b = FakeLink("a", {"ann": "pw"}), FakeLink("b", {"ann": "pw"})
     store = sessions(a, b)
     for _ in range(5):
         with pytest.raises(AuthenticationError, match=r"Wrong user name or password: no domain "
                                                       r"of the network accepted them \(refused "
                                                       r"by a, b\)"):
-            store.login("ann", f"guess-{_}")
+            store.login("ann", f"guess-{_}", address="192.0.2.1")
+    assert store.throttle.guarded("ann")  # the network now decides ann's logins by address
     logins = a.logins
-    with pytest.raises(AuthenticationError, match="^Wrong user name or password$"):
-        store.login("ann", "pw")  # locked out at the network: the domains are not asked
+    with pytest.raises(AuthenticationError, match="^Too many failed logins for this user name "
+                                                  "from your address: try again in 30 s.$"):
+        store.login("ann", "pw", address="192.0.2.1")  # the domains are not asked
     assert a.logins == logins
+    _, session = store.login("ann", "pw", address="198.51.100.7")
+    assert session.logins["a"].state == "ok"
 
 
 def test_no_domain_reachable_is_unavailable() -> None:

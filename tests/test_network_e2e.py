@@ -26,10 +26,12 @@ from network_fixtures import (
     ZOE,
     DelayProxy,
     RunningDomain,
+    anonymous_call_errors,
     connect,
     network_yaml,
     start_domain,
     start_network,
+    unauthenticated,
 )
 
 from gateway.flightsql import flight_sql_pb2 as pb
@@ -232,17 +234,37 @@ def test_raw_pyarrow_flight_client(lab):  # type: ignore[no-untyped-def]
                                                   "st_marys"])
 
 
-def test_anonymous_calls_are_refused_but_status_is_open(lab):  # type: ignore[no-untyped-def]
+def test_every_call_needs_a_login_but_the_health_probe(lab):  # type: ignore[no-untyped-def]
+    # Before: GetSqlInfo, table types, XDBC info, ListActions and catalog FlightInfo were
+    # answered without credentials, and the status action gave every domain's URL.
+    errors = anonymous_call_errors(lab.url)
+    assert len(errors) > 30
+    answered = sorted(name for name, exc in errors.items() if exc is None)
+    assert answered == []
+    wrong = {name: f"{type(exc).__name__}: {exc}" for name, exc in errors.items()
+             if not unauthenticated(exc)}
+    assert wrong == {}
+    assert all("Authentication required" in str(exc) for exc in errors.values())
     client, options = flight_client(lab.url)
-    query = pb.CommandStatementQuery(query="SELECT 1 FROM st_marys.oncology.screenings")
-    with pytest.raises(flight.FlightUnauthenticatedError, match="Authentication required"):
-        client.get_flight_info(flight.FlightDescriptor.for_command(pack(query)), options)
-    with pytest.raises(flight.FlightUnauthenticatedError):
-        list(client.do_action(flight.Action("stockade.search", b'{"term": "x"}'), options))
+    (probe,) = client.do_action(flight.Action("stockade.network.health", b""), options)
+    assert json.loads(probe.body.to_pybytes()) == {"status": "ok"}  # and nothing else
+    client, options = flight_client(lab.url, "rita")
     status = json.loads(list(client.do_action(
         flight.Action("stockade.network.status", b""), options))[0].body.to_pybytes())
     assert status["network"] == "test_net"
     assert [d["name"] for d in status["domains"]] == list(DOMAINS)
+
+
+def test_a_long_catalog_pattern_is_refused_before_asking_the_domains(lab):  # type: ignore[no-untyped-def]
+    client, options = flight_client(lab.url, "rita")
+    command = pb.CommandGetTables(table_name_filter_pattern="%" * 5000 + "zz")
+    with pytest.raises(pa.ArrowInvalid, match=r"5002 characters long; this server accepts at "
+                                              r"most 256 \(setting max_pattern_length\)"):
+        client.get_flight_info(flight.FlightDescriptor.for_command(pack(command)), options)
+    command = pb.CommandGetTables(table_name_filter_pattern="%" * 240 + "scr%ings")
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(pack(command)), options)
+    tables = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert set(tables.column("table_name").to_pylist()) == {"screenings"}
 
 
 # ---------------------------------------------------------------- credentials
@@ -303,19 +325,25 @@ def test_closing_the_session_forgets_the_password(lab):  # type: ignore[no-untyp
 # ---------------------------------------------------------------- health and failures
 
 
-def test_status_action_and_cli(lab, capsys):  # type: ignore[no-untyped-def]
+def test_status_action_and_cli(lab, capsys, monkeypatch):  # type: ignore[no-untyped-def]
     from gateway.cli import main
 
     deadline = time.monotonic() + 10
     while any(d["state"] != "up" for d in lab.server.status()["domains"]):
         assert time.monotonic() < deadline, lab.server.status()
         time.sleep(0.1)
-    assert main(["network", "status", "--url", lab.url]) == 0
+    monkeypatch.delenv("STOCKADE_PASSWORD", raising=False)
+    # It logs in now (before, anyone could read every domain's URL).
+    assert main(["network", "status", "--url", lab.url, "--user", "rita"]) == 2
+    assert "No password to log in to" in capsys.readouterr().err
+    monkeypatch.setenv("STOCKADE_PASSWORD", USERS["rita"][1])
+    assert main(["network", "status", "--url", lab.url, "--user", "rita"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("network test_net: 3 of 3 domain(s) up")
     for name, d in lab.domains.items():
         assert name in out and d.url in out
-    assert main(["network", "status", "--url", lab.url, "--format", "json"]) == 0
+    assert main(["network", "status", "--url", lab.url, "--user", "rita", "--format",
+                 "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert all(d["latency_ms"] > 0 and d["checked_at"] for d in status["domains"])
 
@@ -332,8 +360,11 @@ def spare(lab: Lab, tmp_path: Path) -> Iterator[tuple[RunningDomain, Any, str]]:
     domain.stop()
 
 
-def test_a_stopped_domain_is_unavailable_by_name(spare, conns, capsys):  # type: ignore[no-untyped-def]
+def test_a_stopped_domain_is_unavailable_by_name(spare, conns, capsys, monkeypatch):  # type: ignore[no-untyped-def]
     from gateway.cli import main
+
+    monkeypatch.setenv("STOCKADE_USER", "rita")
+    monkeypatch.setenv("STOCKADE_PASSWORD", USERS["rita"][1])
 
     domain, server, url = spare
     conn = conns("rita", url=url)

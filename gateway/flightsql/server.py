@@ -17,7 +17,11 @@ What the base does for every subclass:
   are concatenated, in row order (they must have the same schema).
 - metadata commands: answered from the hooks, filtered by the command's
   catalog, LIKE patterns and table types (so a hook may return a superset), with
-  the spec's schemas; their tickets are the command itself.
+  the spec's schemas; their tickets are the command itself. Patterns longer than
+  ``max_pattern_length`` are refused, the others are matched in linear time
+  (:mod:`gateway.flightsql.like`).
+- callers: :meth:`~FlightSqlServer.check_caller` runs first in every RPC, so a
+  subclass can refuse a caller in one place.
 - refusals: updates, ingestion, Substrait and transactions ("Stockade is
   read-only...").
 - results are streamed from the hook's reader, batches sliced to at most
@@ -46,7 +50,7 @@ from gateway import flight_errors
 from gateway.errors import InputError, NotSupportedError
 from gateway.flightsql import flight_session_pb2 as session_pb
 from gateway.flightsql import flight_sql_pb2 as pb
-from gateway.flightsql import schemas
+from gateway.flightsql import like, schemas
 from gateway.flightsql.sqlinfo import DEFAULT_SQL_INFO, sql_info_table
 from gateway.flightsql.statements import (
     PreparedStatements,
@@ -258,8 +262,10 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
 
     ``max_batch_bytes`` bounds the size of every result batch sent;
     ``max_prepared_per_owner`` bounds each owner's open prepared statements
-    (the oldest is closed first). Other keyword arguments (``auth_handler``,
-    ``middleware``, ``tls_certificates``, ...) go to ``FlightServerBase``.
+    (the oldest is closed first); ``max_pattern_length`` bounds the LIKE
+    patterns of GetDbSchemas and GetTables. Other keyword arguments
+    (``auth_handler``, ``middleware``, ``tls_certificates``, ...) go to
+    ``FlightServerBase``.
     """
 
     def __init__(
@@ -268,14 +274,25 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         *,
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_prepared_per_owner: int = 1000,
+        max_pattern_length: int = like.DEFAULT_MAX_PATTERN_LENGTH,
         **kwargs: Any,
     ) -> None:
         flight_errors.install()
         super().__init__(location, **kwargs)
         self.max_batch_bytes = max_batch_bytes
+        self.max_pattern_length = max_pattern_length
         self.prepared = PreparedStatements(max_prepared_per_owner)
 
     # ---- hooks (override in subclasses) ------------------------------------------
+
+    def check_caller(self, context: flight.ServerCallContext, action_type: str | None = None
+                     ) -> None:
+        """Raise if the caller may not make this call; runs first in every RPC.
+
+        ``action_type`` is the action's type for DoAction, else None. Default:
+        nothing to check (an authentication middleware may have refused the call
+        already).
+        """
 
     def sql_info(self) -> Mapping[int, object]:
         """The GetSqlInfo table, by info id (default: a read-only DuckDB server)."""
@@ -394,6 +411,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         """GetFlightInfo: the schema of a command and the ticket to fetch it."""
+        self.check_caller(context)
         schema, ticket = self._describe(context, descriptor, executing=True)
         endpoint = flight.FlightEndpoint(ticket, [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
@@ -403,6 +421,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         """GetSchema: the schema of a command."""
+        self.check_caller(context)
         return flight.SchemaResult(self._describe(context, descriptor)[0])
 
     @_guard
@@ -410,6 +429,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
         """DoGet: run a statement, a prepared statement or a metadata command."""
+        self.check_caller(context)
         name, cmd = unpack(ticket.ticket)
         if name == "TicketStatementQuery":
             query = decode_query_handle(cmd.statement_handle)
@@ -430,6 +450,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.FlightMetadataWriter,
     ) -> None:
         """DoPut: bind prepared statement parameters; everything else is refused."""
+        self.check_caller(context)
         name, cmd = unpack(self._command(descriptor))
         if name in _WRITES:
             raise NotSupportedError(READ_ONLY_MESSAGE)
@@ -452,11 +473,14 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> list[flight.Result]:
         """DoAction: prepared statements, sessions, and the subclass's own actions."""
         kind = action.type
+        self.check_caller(context, kind)
         body = action.body.to_pybytes() if action.body is not None else b""
         return [flight.Result(pa.py_buffer(r)) for r in self._action(context, kind, body)]
 
+    @_guard
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         """ListActions: the Flight SQL actions and the subclass's own."""
+        self.check_caller(context)
         return [*_FLIGHT_SQL_ACTIONS, *self.custom_actions()]
 
     # ---- internals -----------------------------------------------------------------------
@@ -496,6 +520,8 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
             elif params is not None:
                 schema = self.query_schema(context, stmt.query, params)
             return schema, data
+        if name in ("CommandGetDbSchemas", "CommandGetTables"):
+            self._patterns(cmd)  # refuse a bad pattern now, not at DoGet
         if name == "CommandGetTables" and cmd.include_schema:
             return schemas.TABLES_SCHEMA_WITH_SCHEMA, data
         if name in _METADATA_SCHEMAS:
@@ -627,14 +653,31 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
             return _rows_table(rows, schemas.PRIMARY_KEYS_SCHEMA)
         return schemas.FOREIGN_KEYS_SCHEMA.empty_table()  # no foreign keys in Stockade
 
+    def _patterns(self, cmd: Any) -> dict[str, like.LikePattern | None]:
+        """The command's LIKE patterns, by field, compiled (None where absent).
+
+        Refuses one longer than ``max_pattern_length`` or ending with a lone escape.
+        """
+        out: dict[str, like.LikePattern | None] = {}
+        for field, what in (("db_schema_filter_pattern", "schema"),
+                            ("table_name_filter_pattern", "table name")):
+            if field not in cmd.DESCRIPTOR.fields_by_name or not cmd.HasField(field):
+                continue
+            text = getattr(cmd, field)
+            like.check_length(text, self.max_pattern_length, what)
+            out[field] = like.compile_like(text)
+        return out
+
     def _db_schemas(self, context: flight.ServerCallContext, cmd: Any) -> pa.Table:
         catalog = cmd.catalog if cmd.HasField("catalog") else None
-        pattern = cmd.db_schema_filter_pattern if cmd.HasField("db_schema_filter_pattern") else None
+        compiled = self._patterns(cmd).get("db_schema_filter_pattern")
+        pattern = cmd.db_schema_filter_pattern if compiled is not None else None
         rows = sorted(
             {
                 (cat, sch)
                 for cat, sch in self.list_schemas(context, catalog, pattern)
-                if (catalog is None or (cat or "") == catalog) and schemas.like_match(pattern, sch)
+                if (catalog is None or (cat or "") == catalog)
+                and (compiled is None or compiled.matches(sch))
             },
             key=lambda r: (r[0] or "", r[1]),
         )
@@ -642,15 +685,18 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def _tables(self, context: flight.ServerCallContext, cmd: Any) -> pa.Table:
         catalog = cmd.catalog if cmd.HasField("catalog") else None
-        s_pat = cmd.db_schema_filter_pattern if cmd.HasField("db_schema_filter_pattern") else None
-        t_pat = cmd.table_name_filter_pattern if cmd.HasField("table_name_filter_pattern") else None
+        patterns = self._patterns(cmd)
+        s_like = patterns.get("db_schema_filter_pattern")
+        t_like = patterns.get("table_name_filter_pattern")
+        s_pat = cmd.db_schema_filter_pattern if s_like is not None else None
+        t_pat = cmd.table_name_filter_pattern if t_like is not None else None
         types = list(cmd.table_types)
         infos = [
             t
             for t in self.list_tables(context, catalog, s_pat, t_pat, types)
             if (catalog is None or (t.catalog or "") == catalog)
-            and schemas.like_match(s_pat, t.db_schema or "")
-            and schemas.like_match(t_pat, t.name)
+            and (s_like is None or s_like.matches(t.db_schema or ""))
+            and (t_like is None or t_like.matches(t.name))
             and (not types or t.table_type in types)
         ]
         infos.sort(key=lambda t: (t.catalog or "", t.db_schema or "", t.name, t.table_type))
