@@ -88,10 +88,16 @@ def principal_of(user: User) -> Principal:
 
 
 class NoOpHandshake(flight.ServerAuthHandler):  # type: ignore[misc]
-    """Answers the Handshake and accepts every call; the middleware does the checking."""
+    """Answers the Handshake and accepts every call; the middleware does the checking.
+
+    The answer is one empty ``HandshakeResponse`` (what Arrow's Java server sends
+    when authentication is done by headers): some clients wait for a message
+    before they read the ``authorization`` header the middleware set.
+    """
 
     def authenticate(self, outgoing: Any, incoming: Any) -> None:
-        return None
+        if outgoing is not None:
+            outgoing.write(b"")
 
     def is_valid(self, token: bytes) -> bytes:
         return b""

@@ -35,6 +35,7 @@ def start_server(settings: Settings):  # type: ignore[no-untyped-def]
         settings.policy, settings.data_dir,
         limits=EngineLimits(memory_limit=settings.memory_limit, threads=settings.threads,
                             dp_snapshot_check_s=settings.dp_snapshot_check_s),
+        request_limits=settings.request_limits,
     )
     try:
         password = ensure_admin(

@@ -42,9 +42,11 @@ import yaml
 
 from gateway.errors import ConfigError, did_you_mean
 from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH
+from gateway.limits import RequestLimits
 
 #: The virtual catalog of federated queries; no domain may take its name.
 FEDERATED = "federated"
+_LIMITS = RequestLimits()  # the request limits' defaults, declared with the limits
 _NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 _URL = re.compile(r"\Agrpc(\+tls|\+tcp)?://[^/\s]+:\d+/?\Z")
 
@@ -92,10 +94,24 @@ class NetworkSettings:
     session_ttl_s: float = 3600.0  # lifetime of an analyst's network session (and password)
     rejection_memory_s: float = 300.0  # how long a domain's refusal of a password is trusted
     max_pattern_length: int = DEFAULT_MAX_PATTERN_LENGTH  # longest catalog LIKE pattern
+    # What one request may carry (gateway.limits; the same defaults as a domain gateway).
+    max_query_bytes: int = _LIMITS.max_query_bytes
+    max_query_nodes: int = _LIMITS.max_query_nodes
+    max_query_depth: int = _LIMITS.max_query_depth
+    max_parameter_rows: int = _LIMITS.max_parameter_rows
+    max_parameter_bytes: int = _LIMITS.max_parameter_bytes
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_query_bytes=self.max_query_bytes, max_query_nodes=self.max_query_nodes,
+            max_query_depth=self.max_query_depth, max_parameter_rows=self.max_parameter_rows,
+            max_parameter_bytes=self.max_parameter_bytes)
 
 
 SETTING_KEYS = tuple(NetworkSettings.__dataclass_fields__)
-_WHOLE_SETTINGS = ("max_parallel", "max_pattern_length")
+_WHOLE_NUMBERS = ("max_parallel", "max_pattern_length", "max_query_bytes", "max_query_nodes",
+                  "max_query_depth", "max_parameter_rows", "max_parameter_bytes")
 
 
 @dataclass(frozen=True)
@@ -252,7 +268,7 @@ def load_config_text(text: str, *, file: str | None = None,
     if "settings" in top:
         entries = top["settings"].mapping(SETTING_KEYS)
         values: dict[str, float | int] = {
-            key: (node.count() if key in _WHOLE_SETTINGS else node.number())
+            key: (node.count() if key in _WHOLE_NUMBERS else node.number())
             for key, node in entries.items()
         }
         settings = NetworkSettings(**values)  # type: ignore[arg-type]

@@ -113,7 +113,8 @@ class NetworkServer(FlightSqlServer):
         if tls_certificates:
             kwargs["tls_certificates"] = list(tls_certificates)
         super().__init__(location, max_batch_bytes=max_batch_bytes,
-                         max_pattern_length=settings.max_pattern_length, **kwargs)
+                         max_pattern_length=settings.max_pattern_length,
+                         limits=settings.request_limits, **kwargs)
         if start_health:
             self.health.start()
 
@@ -229,7 +230,7 @@ class NetworkServer(FlightSqlServer):
                 ) -> tuple[Target, Resolved]:
         resolved, parsed = self.options(context, query)
         target = route(parsed.blank, resolved.dialect, list(self.links),
-                       for_domain=parsed.for_domain)
+                       for_domain=parsed.for_domain, limits=self.limits)
         return target, resolved
 
     @staticmethod

@@ -468,6 +468,26 @@ def test_decode_basic_edge_cases() -> None:
         decode_basic(base64.b64encode(b"\xff\xfe:x").decode())
 
 
+def test_handshake_answers_with_a_message_and_the_token(harness: Harness) -> None:
+    # Some clients (firetiger's TypeScript client) wait for a HandshakeResponse before
+    # they read the response headers: raw gRPC shows what goes over the wire.
+    import grpc
+
+    channel = grpc.insecure_channel(harness.uri.removeprefix("grpc://"))
+    try:
+        handshake = channel.stream_stream(
+            "/arrow.flight.protocol.FlightService/Handshake",
+            request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+        [(key, value)] = basic("alice", "password12")
+        call = handshake(iter([b""]), metadata=[(key.decode(), value.decode())], timeout=10)
+        messages = list(call)
+        headers = dict(call.initial_metadata())
+    finally:
+        channel.close()
+    assert messages == [b""]  # one HandshakeResponse, every field at its default
+    assert headers["authorization"].startswith("Bearer ")
+
+
 def test_handshake_handler_accepts_anything() -> None:
     handler = NoOpHandshake()
     handler.authenticate(None, None)  # reads nothing, raises nothing

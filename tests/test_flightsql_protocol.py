@@ -105,8 +105,15 @@ class DuckDBServer(FlightSqlServer):
                 raise InputError("Failed while streaming")
 
             return pa.RecordBatchReader.from_batches(schema, failing())
-        cur = self.db.cursor()
-        return cur.execute(query, self._params(query, parameters)).to_arrow_reader(100_000)
+        if parameters is None or parameters.num_rows <= 1:
+            cur = self.db.cursor()
+            return cur.execute(query, self._params(query, parameters)).to_arrow_reader(100_000)
+        # One run per parameter row, in row order, as one answer.
+        rows = [parameters.slice(i, 1) for i in range(parameters.num_rows)]
+        readers = [self.db.cursor().execute(query, self._params(query, row)).to_arrow_reader()
+                   for row in rows]
+        return pa.RecordBatchReader.from_batches(
+            readers[0].schema, (batch for reader in readers for batch in reader))
 
 
 def make_db() -> duckdb.DuckDBPyConnection:
@@ -478,7 +485,8 @@ def test_prepared_statement_raw(client: flight.FlightClient) -> None:
     assert result.prepared_statement_handle == handle
     writer.close()
     info = client.get_flight_info(_cmd(command), _opts())
-    assert unpack(info.endpoints[0].ticket.ticket)[0] == "CommandPreparedStatementQuery"
+    # The ticket names this execution (query and bound rows), not the statement.
+    assert unpack(info.endpoints[0].ticket.ticket)[0] == "TicketStatementQuery"
     table = client.do_get(info.endpoints[0].ticket, _opts()).read_all()
     assert table.column("id").to_pylist() == [3, 1, 4]  # one execution per row, in order
     close = pack(pb.ActionClosePreparedStatementRequest(prepared_statement_handle=handle))

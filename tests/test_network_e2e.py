@@ -28,6 +28,7 @@ from network_fixtures import (
     RunningDomain,
     anonymous_call_errors,
     connect,
+    ground_truth,
     network_yaml,
     start_domain,
     start_network,
@@ -35,7 +36,7 @@ from network_fixtures import (
 )
 
 from gateway.flightsql import flight_sql_pb2 as pb
-from gateway.flightsql.server import pack
+from gateway.flightsql.server import pack, unpack
 from gateway.remote import GatewayClient
 
 pytestmark = pytest.mark.filterwarnings(
@@ -639,3 +640,33 @@ def test_search_action_through_the_network(lab):  # type: ignore[no-untyped-def]
     assert sorted(r["domain"] for r in by_column["results"]) == ["city_general", "st_marys"]
     assert all(r["matched"] == ["column"] for r in by_column["results"])
     assert by_column["domains"]["northern"].startswith("rejected: domain 'northern' rejected")
+
+
+def test_a_prepared_ticket_names_its_own_parameters_through_the_network(lab):  # type: ignore[no-untyped-def]
+    # Bind 90, ask for the ticket, bind 10, ask again: each ticket fetches its own answer.
+    client, options = flight_client(lab.url, "rita")
+    sql = "SELECT count(*) AS n FROM city_general.oncology.screenings WHERE age > ?"
+    request = pack(pb.ActionCreatePreparedStatementRequest(query=sql))
+    [created] = client.do_action(flight.Action("CreatePreparedStatement", request), options)
+    handle = unpack(created.body.to_pybytes())[1].prepared_statement_handle
+    command = flight.FlightDescriptor.for_command(
+        pack(pb.CommandPreparedStatementQuery(prepared_statement_handle=handle)))
+    tickets = []
+    for age in (90, 10):
+        params = pa.record_batch({"0": [age]})
+        writer, reader = client.do_put(command, params.schema, options)
+        writer.write_batch(params)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+        tickets.append(client.get_flight_info(command, options).endpoints[0].ticket)
+    assert tickets[0].ticket != tickets[1].ticket
+    truth = {age: ground_truth([lab.domains["city_general"].parquet],
+                               f"SELECT count(*) FROM screenings WHERE age > {age}")[0][0]
+             for age in (90, 10)}
+    assert truth[90] != truth[10]
+    assert client.do_get(tickets[0], options).read_all().column("n").to_pylist() == [truth[90]]
+    assert client.do_get(tickets[1], options).read_all().column("n").to_pylist() == [truth[10]]
+    other, other_options = flight_client(lab.url, "aud")
+    with pytest.raises(KeyError, match="Result ticket not found"):
+        other.do_get(tickets[0], other_options).read_all()

@@ -8,13 +8,19 @@ The domain gateway and the network node are such subclasses.
 
 What the base does for every subclass:
 
-- statement queries: GetFlightInfo validates through ``query_schema`` and
+- statement queries: GetFlightInfo validates through ``execution_schema`` and
   returns a stateless ticket holding the query; DoGet runs it again, with the
   caller's identity.
 - prepared statements: random handles owned by ``session_owner`` (bounded per
   owner, see :mod:`gateway.flightsql.statements`); parameters bound by DoPut,
-  one row per execution. Several rows run one execution each and the results
-  are concatenated, in row order (they must have the same schema).
+  one row per execution. GetFlightInfo records the query and the parameters
+  bound at that moment as one execution, and its ticket names that execution
+  alone (for its owner only): rebinding does not change what an earlier ticket
+  fetches. The hooks get every parameter row at once and run them as one
+  request (the domain gateway applies its limits to the whole of it).
+- request limits (:class:`gateway.limits.RequestLimits`): the query text is
+  bounded wherever it arrives (command, prepared statement, ticket), and the
+  parameter rows of a DoPut while they are read.
 - metadata commands: answered from the hooks, filtered by the command's
   catalog, LIKE patterns and table types (so a hook may return a superset), with
   the spec's schemas; their tickets are the command itself. Patterns longer than
@@ -55,8 +61,10 @@ from gateway.flightsql.sqlinfo import DEFAULT_SQL_INFO, sql_info_table
 from gateway.flightsql.statements import (
     PreparedStatements,
     decode_query_handle,
+    is_execution_ticket,
     query_handle,
 )
+from gateway.limits import RequestLimits
 
 log = logging.getLogger("stockade.flightsql")
 
@@ -262,8 +270,9 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
 
     ``max_batch_bytes`` bounds the size of every result batch sent;
     ``max_prepared_per_owner`` bounds each owner's open prepared statements
-    (the oldest is closed first); ``max_pattern_length`` bounds the LIKE
-    patterns of GetDbSchemas and GetTables. Other keyword arguments
+    (the oldest is closed first) and remembered executions; ``limits`` bound
+    the query text and parameter rows of one request; ``max_pattern_length``
+    bounds the LIKE patterns of GetDbSchemas and GetTables. Other keyword arguments
     (``auth_handler``, ``middleware``, ``tls_certificates``, ...) go to
     ``FlightServerBase``.
     """
@@ -275,12 +284,14 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_prepared_per_owner: int = 1000,
         max_pattern_length: int = like.DEFAULT_MAX_PATTERN_LENGTH,
+        limits: RequestLimits | None = None,
         **kwargs: Any,
     ) -> None:
         flight_errors.install()
         super().__init__(location, **kwargs)
         self.max_batch_bytes = max_batch_bytes
         self.max_pattern_length = max_pattern_length
+        self.limits = limits or RequestLimits()
         self.prepared = PreparedStatements(max_prepared_per_owner)
 
     # ---- hooks (override in subclasses) ------------------------------------------
@@ -366,7 +377,11 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         query: str,
         parameters: pa.RecordBatch | None,
     ) -> pa.RecordBatchReader:
-        """Run ``query`` (with a one-row ``parameters`` batch, if any)."""
+        """Run ``query``, once per row of ``parameters`` if any, as one request.
+
+        The answers of the rows follow each other in row order (they must have the
+        same schema); limits the subclass applies cover all of them together.
+        """
         raise NotSupportedError("This server does not run queries")
 
     def session_owner(self, context: flight.ServerCallContext) -> str:
@@ -432,11 +447,19 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self.check_caller(context)
         name, cmd = unpack(ticket.ticket)
         if name == "TicketStatementQuery":
-            query = decode_query_handle(cmd.statement_handle)
-            return self._stream(self.execute_query(context, query, None))
+            handle = cmd.statement_handle
+            if is_execution_ticket(handle):
+                execution = self.prepared.execution(self.session_owner(context), handle)
+                query, parameters = execution.query, execution.parameters
+            else:
+                query, parameters = decode_query_handle(handle), None
+                self.limits.check_query(query)
+            return self._stream(self.execute_query(context, query, parameters))
         if name == "CommandPreparedStatementQuery":
-            stmt = self.prepared.get(self.session_owner(context), cmd.prepared_statement_handle)
-            return self._stream(self._execute_all(context, stmt.query, stmt.parameters))
+            # Not a ticket Stockade hands out: it would run whatever is bound by now.
+            self.prepared.get(self.session_owner(context), cmd.prepared_statement_handle)
+            raise InputError("A prepared statement command is not a ticket: fetch the "
+                             "ticket GetFlightInfo returned for it")
         if name in _METADATA_SCHEMAS:
             return flight.RecordBatchStream(self._metadata(context, name, cmd))
         raise InputError(f"'{name}' is not a ticket")
@@ -461,9 +484,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         owner = self.session_owner(context)
         handle = cmd.prepared_statement_handle
         self.prepared.get(owner, handle)  # check ownership before reading
-        table = reader.read_all()
-        batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
-        self.prepared.bind(owner, handle, batch)
+        self.prepared.bind(owner, handle, self._read_parameters(reader))
         result = pb.DoPutPreparedStatementResult(prepared_statement_handle=handle)
         writer.write(pa.py_buffer(result.SerializeToString()))
 
@@ -506,20 +527,26 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         if name == "CommandStatementQuery":
             if cmd.HasField("transaction_id"):
                 raise NotSupportedError("Transactions are not supported: Stockade is read-only")
+            self.limits.check_query(cmd.query)
             if executing:
                 schema = self.execution_schema(context, cmd.query, None)
             else:
                 schema = self.query_schema(context, cmd.query, None)
             return schema, pack(pb.TicketStatementQuery(statement_handle=query_handle(cmd.query)))
         if name == "CommandPreparedStatementQuery":
-            stmt = self.prepared.get(self.session_owner(context), cmd.prepared_statement_handle)
-            schema = stmt.dataset_schema
-            params = stmt.parameters.slice(0, 1) if stmt.parameters is not None else None
-            if executing:
-                schema = self.execution_schema(context, stmt.query, params)
-            elif params is not None:
-                schema = self.query_schema(context, stmt.query, params)
-            return schema, data
+            owner = self.session_owner(context)
+            stmt = self.prepared.get(owner, cmd.prepared_statement_handle)
+            if not executing:
+                if stmt.parameters is None:
+                    return stmt.dataset_schema, data
+                return self.query_schema(context, stmt.query, stmt.parameters), data
+            # The ticket names this query with the parameters bound now, and nothing else
+            # (a DoPut while this runs binds values for the next GetFlightInfo).
+            parameters = stmt.parameters
+            schema = self.execution_schema(context, stmt.query, parameters)
+            ticket = self.prepared.execution_ticket(owner, cmd.prepared_statement_handle,
+                                                    parameters)
+            return schema, pack(pb.TicketStatementQuery(statement_handle=ticket))
         if name in ("CommandGetDbSchemas", "CommandGetTables"):
             self._patterns(cmd)  # refuse a bad pattern now, not at DoGet
         if name == "CommandGetTables" and cmd.include_schema:
@@ -543,35 +570,33 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         batches = _guarded(slice_batches(reader, self.max_batch_bytes))
         return flight.GeneratorStream(reader.schema, batches)
 
-    def _execute_all(
-        self,
-        context: flight.ServerCallContext,
-        query: str,
-        parameters: pa.RecordBatch | None,
-    ) -> pa.RecordBatchReader:
-        """Run ``query`` once per parameter row and concatenate the results."""
-        if parameters is None or parameters.num_rows <= 1:
-            return self.execute_query(context, query, parameters)
-        first = self.execute_query(context, query, parameters.slice(0, 1))
-
-        def chained() -> Iterator[pa.RecordBatch]:
-            yield from first
-            for row in range(1, parameters.num_rows):
-                reader = self.execute_query(context, query, parameters.slice(row, 1))
-                if not reader.schema.equals(first.schema):
-                    raise InputError(
-                        "The parameter rows give results of different types: "
-                        "execute them one at a time"
-                    )
-                yield from reader
-
-        return pa.RecordBatchReader.from_batches(first.schema, chained())
+    def _read_parameters(self, reader: flight.MetadataRecordBatchReader
+                         ) -> pa.RecordBatch | None:
+        """The parameter rows of a DoPut, refused as soon as they pass the limits."""
+        batches: list[pa.RecordBatch] = []
+        rows = nbytes = 0
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                break
+            if chunk.data is None:
+                continue
+            rows += chunk.data.num_rows
+            nbytes += chunk.data.nbytes
+            self.limits.check_parameters(rows=rows, nbytes=nbytes)
+            batches.append(chunk.data)
+        if not rows:
+            return None
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+        return table.combine_chunks().to_batches()[0]
 
     def _action(self, context: flight.ServerCallContext, kind: str, body: bytes) -> list[bytes]:
         if kind == "CreatePreparedStatement":
             _, request = self._action_body(body, "ActionCreatePreparedStatementRequest")
             if request.HasField("transaction_id"):
                 raise NotSupportedError("Transactions are not supported: Stockade is read-only")
+            self.limits.check_query(request.query)
             dataset = self.query_schema(context, request.query, None)
             params = self.parameter_schema(context, request.query)
             handle = self.prepared.create(
