@@ -307,8 +307,10 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
     ``principal_for`` turns the stored user into the principal the policy sees
     (the gateway checks there that the role exists). ``on_login_failure(user,
     reason, address)`` is called for each failed login, with ``reason`` one of
-    ``unknown_user``, ``wrong_password``, ``disabled``, ``throttled``, and the
-    client's address (None for a login checked before the address is known).
+    ``unknown_user``, ``wrong_password``, ``disabled``, ``no_network_verifier`` (a
+    credential a network derived, for an account the store has no verifier for:
+    :mod:`gateway.state`), ``throttled``, and the client's address (None for a
+    login checked before the address is known).
     """
 
     def __init__(

@@ -94,9 +94,9 @@ class Domain:
 
         The policy's dataset caps (``budget_cap``) are applied to the ledger here,
         when a gateway starts (not in :meth:`__init__`, which the read-only policy
-        tools also use on a live state store), and the policy file's text is
-        recorded as a new version when it differs from the newest one
-        (see :mod:`gateway.policy_versions`).
+        tools also use on a live state store), the domain's name is recorded in the
+        store (:meth:`claim_name`), and the policy file's text is recorded as a new
+        version when it differs from the newest one (see :mod:`gateway.policy_versions`).
         """
         text, policy = read_policy_file(policy_path)
         data_dir = Path(data_dir)
@@ -110,6 +110,7 @@ class Domain:
             raise
         try:
             domain = cls(policy, engine, store, text=text, limits=request_limits)
+            domain.claim_name()
             domain.ledger.apply_policy_caps(policy)
             domain._state.version = policy_versions.record_if_new(store, text, by="file")
             return domain
@@ -130,6 +131,20 @@ class Domain:
         if engine.work_dir.parent.name == ENGINES_DIR:
             shutil.rmtree(engine.work_dir, ignore_errors=True)
         self.store.close()
+
+    def claim_name(self) -> None:
+        """Record the policy's domain name in the state store.
+
+        The store checks the credentials networks derive for this domain against
+        that name (:mod:`gateway.network_keys`); the ``stockade users`` commands
+        read it there. Called by whoever serves the domain (not by :meth:`__init__`:
+        the policy tools open live stores under candidate policies).
+        """
+        before = self.store.set_domain_name(self.name)
+        if before is not None and before.lower() != self.name.lower():
+            log.warning("the domain's name changed from %r to %r: users log in through a "
+                        "network again after one direct login (or a new password)",
+                        before, self.name)
 
     # -- the live policy --------------------------------------------------------------
 
@@ -231,6 +246,8 @@ class Domain:
                 raise
             with self._swap:
                 self._state = new
+            if new.policy.domain.name != old.policy.domain.name:
+                self.claim_name()
         old.engine.retire()
         log.info("policy version %s by %s is live (was version %s)", new.version, by,
                  old.version)

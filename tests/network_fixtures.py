@@ -167,12 +167,21 @@ def start_domain(root: Path, name: str, *, users: bool = True) -> RunningDomain:
 
 
 def network_yaml(domains: dict[str, str], *, timeout_s: float = 10.0,
-                 settings: str = "{health_interval_s: 0.5, metadata_cache_s: 30}") -> str:
-    """A network config over ``domains`` (name → url)."""
+                 settings: str = "{health_interval_s: 0.5, metadata_cache_s: 30}",
+                 own_names: dict[str, str] | None = None) -> str:
+    """A network config over ``domains`` (name → url).
+
+    ``own_names`` gives the policy name of a domain listed under another name (the
+    network derives its credentials for that name); by default a domain of
+    :data:`DOMAINS` gets its ``policy_name``.
+    """
+    own = {n: spec["policy_name"] for n, spec in DOMAINS.items() if spec["policy_name"] != n}
+    own.update(own_names or {})
     lines = ["version: 1", "network: {name: test_net, description: \"Three test domains\"}",
              "domains:"]
     for name, url in domains.items():
-        lines.append(f"  - {{name: {name}, url: \"{url}\", timeout_s: {timeout_s}}}")
+        extra = f", domain_name: {own[name]}" if name in own and own[name] != name else ""
+        lines.append(f"  - {{name: {name}, url: \"{url}\", timeout_s: {timeout_s}{extra}}}")
     lines.append(f"settings: {settings}")
     return "\n".join(lines) + "\n"
 

@@ -25,6 +25,7 @@ from gateway.auth import (
     principal_of,
 )
 from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.network_keys import derive
 from gateway.state import StateStore, User
 from gateway.throttle import LoginThrottle
 from policy.principal import Principal
@@ -333,6 +334,33 @@ def test_an_unverified_caller_has_no_principal(harness: Harness) -> None:
     assert "unverified" in repr(middleware)
     with pytest.raises(AuthenticationError, match="Authentication required"):
         _ = middleware.principal  # a handler that forgot to verify fails closed
+
+
+def test_a_network_credential_logs_in_and_its_failures_are_throttled(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    try:
+        h.store.set_domain_name("st_marys")
+        h.store.add_user("alice", "clinician", "password12")
+        client = h.client()
+        # What a network sends this domain: accepted, and the same principal.
+        header = client.authenticate_basic_token("alice", derive("password12", "st_marys"))
+        assert whoami(client, [header]) == "alice"
+        # Derived for another domain: refused, not counted as a guess.
+        for _ in range(6):
+            with pytest.raises(flight.FlightUnauthenticatedError) as info:
+                client.authenticate_basic_token("alice", derive("password12", "city_general"))
+            assert_clean(info.value, "derived this credential for domain 'city_general'")
+        assert h.failures == [] and len(h.throttle) == 0
+        assert not h.throttle.guarded("alice")
+        # Wrong derived credentials are guesses: audited and throttled like passwords.
+        for _ in range(5):
+            with pytest.raises(flight.FlightUnauthenticatedError) as info:
+                client.authenticate_basic_token("alice", derive("wrong-pass", "st_marys"))
+            assert_clean(info.value, "log in to it directly once")
+        assert h.failures == [("alice", "wrong_password")] * 5
+        assert h.throttle.guarded("alice")
+    finally:
+        h.close()
 
 
 def test_failure_hook_errors_do_not_break_login(tmp_path: Path) -> None:

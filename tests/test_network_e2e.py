@@ -354,7 +354,8 @@ def spare(lab: Lab, tmp_path: Path) -> Iterator[tuple[RunningDomain, Any, str]]:
     """A domain of its own (a copy of northern's setup) and a network over it and st_marys."""
     domain = start_domain(tmp_path / "spare", "northern")
     server, url = start_network({"st_marys": lab.domains["st_marys"].url, "spare": domain.url},
-                                settings="{health_interval_s: 0.2}")
+                                settings="{health_interval_s: 0.2}",
+                                own_names={"spare": DOMAINS["northern"]["policy_name"]})
     yield domain, server, url
     server.shutdown()
     domain.stop()
@@ -391,7 +392,8 @@ def test_a_slow_domain_times_out_by_name(lab, conns):  # type: ignore[no-untyped
     target = lab.domains["st_marys"].url.rsplit(":", 1)
     proxy = DelayProxy(("127.0.0.1", int(target[1]))).start()
     server, url = start_network({"slow": proxy.url, "city_general":
-                                 lab.domains["city_general"].url}, timeout_s=1.0)
+                                 lab.domains["city_general"].url}, timeout_s=1.0,
+                                own_names={"slow": "st_marys"})
     try:
         conn = conns("rita", url=url)
         sql = "SELECT count(*) AS n FROM slow.oncology.screenings"
@@ -601,7 +603,8 @@ def test_a_slow_domain_fails_a_federated_query_by_name(lab, conns):  # type: ign
     target = lab.domains["st_marys"].url.rsplit(":", 1)
     proxy = DelayProxy(("127.0.0.1", int(target[1]))).start()
     server, url = start_network({"slow": proxy.url, "city_general":
-                                 lab.domains["city_general"].url}, timeout_s=1.0)
+                                 lab.domains["city_general"].url}, timeout_s=1.0,
+                                own_names={"slow": "st_marys"})
     try:
         conn = conns("rita", url=url)
         assert run(conn, FEDERATED_COUNT).column("domain_count").to_pylist() == [2]
