@@ -179,6 +179,7 @@ def test_policy_applies_before_noise(env: DpEnv) -> None:
     ("SELECT COUNT(*) FROM visits WHERE age > ?", "does not take query parameters"),
     ("SELECT COUNT(*) FROM visits UNION ALL SELECT COUNT(*) FROM visits", "a single SELECT"),
     ("SELECT median(cost) FROM visits", "Aggregate"),
+    ("SELECT site, COUNT(*) FROM visits GROUP BY ROLLUP (site)", "ROLLUP, CUBE or GROUPING"),
 ])
 def test_refusals_say_what_to_write(env: DpEnv, sql: str, message: str) -> None:
     with pytest.raises(DpQueryError, match=re.escape(message)):
@@ -480,6 +481,31 @@ def test_public_keys_release_every_declared_group_and_only_those(env: DpEnv) -> 
 def test_public_keys_need_every_grouping_column_declared(env: DpEnv) -> None:
     plan = env.plan("SELECT g, id % 2 AS odd, COUNT(*) AS n FROM keyed GROUP BY g, id % 2")
     assert plan.query.public_keys is None and plan.delta > 0  # censored as usual
+
+
+def test_having_and_order_by_on_unselected_aggregates_are_planned_and_priced(env: DpEnv
+                                                                             ) -> None:
+    # AVG(age) is not selected: it is measured (a sum and a count of age), priced before
+    # anything runs, and evaluated on the noisy answer.
+    sql = ("SELECT site, COUNT(*) AS n FROM visits GROUP BY site "
+           "HAVING AVG(age) > 0 ORDER BY SUM(cost) DESC")
+    plan = env.plan(sql)
+    assert {m.name for m in plan.query.measures} == {
+        "m_keys", "m_count", "m_sum_v1", "m_count_v1", "m_sum_v2"}
+    assert env.dp.cost(plan).epsilon == 2.5  # five measurements at 0.5
+    table = env.dp.execute(plan)
+    assert table.column_names == ["site", "n"] and table.num_rows == 4
+    assert float(table.schema.metadata[b"stockade.dp.epsilon_spent"]) == 2.5
+
+
+def test_rows_come_in_group_key_order_without_order_by(env: DpEnv) -> None:
+    # The release sorts by key before HAVING/ORDER BY/LIMIT: the order, and which groups
+    # a LIMIT keeps, never depend on the engine's hash order.
+    for i in range(5):
+        table = env.run("SELECT site, COUNT(*) AS n FROM visits GROUP BY site LIMIT 2",
+                        user=f"u{i}")
+        assert table["site"].to_pylist() == ["site0", "site1"]
+        assert table.schema.metadata[b"stockade.dp.order"] == b"group key"
 
 
 def test_variance_squares_are_centred_on_the_bounds_midpoint(env: DpEnv) -> None:

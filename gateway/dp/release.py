@@ -230,19 +230,22 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
         else:
             columns[m.name] = pa.array(values)
     simulated = pa.table(columns)
-    items = ["__row"] + [
-        f"{(query.outputs[i].unclamped_sql or query.outputs[i].sql) if unclamped else query.outputs[i].sql} AS s{i}"  # noqa: E501
-        for i in derived]
+    # The spread is simulated on the release with nothing clamped (a variance may be
+    # negative, a root signed): clamping a value towards the non-negative truth only
+    # brings it closer, so the interval of the unclamped value covers the released one.
+    items = ["__row"] + [f"{query.outputs[i].spread_sql or query.outputs[i].sql} AS s{i}"
+                         for i in derived]
     cur = _cursor()
     try:
         cur.register("simulated", simulated)
-        cur.register("observed", answer.select(["__row"] + [f"c{i}" for i in derived]))
+        cur.register("base", base)
         spreads = ", ".join(
-            f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.c{i} AS DOUBLE)), 0.95) AS w{i}"
+            f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.s{i} AS DOUBLE)), 0.95) AS w{i}"
             for i in derived)
         table = cur.execute(
             f"SELECT s.__row, {spreads} FROM (SELECT {', '.join(items)} FROM simulated) AS s "
-            "JOIN observed AS o USING (__row) GROUP BY s.__row").to_arrow_table()
+            f"JOIN (SELECT {', '.join(items)} FROM base) AS o USING (__row) "
+            "GROUP BY s.__row").to_arrow_table()
     finally:
         cur.close()
     by_row = {r: i for i, r in enumerate(table.column("__row").to_pylist())}

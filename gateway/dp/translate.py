@@ -151,6 +151,10 @@ class OutputColumn:
     measures: tuple[str, ...] = ()
     single: bool = False
     unclamped_sql: str = ""
+    #: The same release with nothing made non-negative and square roots extended to
+    #: negative values (sign(x)·sqrt(|x|)): what a derived column's interval is
+    #: simulated on (see :mod:`gateway.dp.release`).
+    spread_sql: str = ""
 
 
 @dataclass(frozen=True)
@@ -217,8 +221,9 @@ def _check_shape(expression: exp.Expr) -> exp.Select:
             raise _refuse(f"dp mode does not support {key.upper()}; " + _WRITE + " with "
                           "WHERE, GROUP BY, HAVING, ORDER BY and LIMIT")
     group = expression.args.get("group")
-    if group is not None and any(group.args.get(k) for k in ("rollup", "cube",
-                                                              "grouping_sets")):
+    if group is not None and (any(group.args.get(k) for k in ("rollup", "cube",
+                                                               "grouping_sets"))
+                              or group.find(exp.Rollup, exp.Cube, exp.GroupingSets)):
         raise _refuse("dp mode does not support ROLLUP, CUBE or GROUPING SETS; run one "
                       "GROUP BY per grouping you need", group)
     placeholder = expression.find(exp.Placeholder, exp.Parameter)
@@ -410,7 +415,7 @@ def _is_integer_type(duck_type: str) -> bool:
                     "INT8", "BOOLEAN"}
 
 
-def render(node: exp.Expr, *, unclamped: bool = False) -> str:
+def render(node: exp.Expr, *, unclamped: bool = False, signed_roots: bool = False) -> str:
     """DuckDB SQL of a release expression; ``NONNEG`` makes a negative value 0.
 
     Unclamped (the parts a network node merges), nothing is made non-negative and
@@ -424,6 +429,13 @@ def render(node: exp.Expr, *, unclamped: bool = False) -> str:
     >>> render(_nonneg(_ratio(exp.column("m_s"), exp.column("m_n"))), unclamped=True)
     'TRY(CASE WHEN m_n <> 0 THEN CAST(m_s AS DOUBLE) / m_n END)'
     """
+    def signed(child: exp.Expr) -> exp.Expr:
+        if isinstance(child, exp.Sqrt):
+            inner = child.this
+            return exp.Mul(this=exp.Anonymous(this="SIGN", expressions=[inner.copy()]),
+                           expression=exp.Sqrt(this=exp.Abs(this=inner)))
+        return child
+
     def swap(child: exp.Expr) -> exp.Expr:
         if isinstance(child, exp.Anonymous) and child.name == NONNEG:
             # transform() does not walk into a node that replaces another: do it here.
@@ -435,6 +447,8 @@ def render(node: exp.Expr, *, unclamped: bool = False) -> str:
             return exp.NEQ(this=child.this.copy(), expression=child.expression.copy())
         return child
     body = node.copy().transform(swap)
+    if signed_roots:
+        body = body.transform(signed)
     return f"TRY({body.sql(dialect='duckdb')})"
 
 
@@ -486,7 +500,8 @@ def translate(
                                    to=exp.DataType.build("BIGINT"))
             outputs.append(OutputColumn(
                 name, noisy=True, sql=render(release), measures=reads, single=single,
-                unclamped_sql=render(release, unclamped=True)))
+                unclamped_sql=render(release, unclamped=True),
+                spread_sql=render(release, unclamped=True, signed_roots=True)))
         by_name.setdefault(name, release)
 
     def post(node: exp.Expr, what: str) -> exp.Expr:
