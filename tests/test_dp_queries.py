@@ -508,22 +508,23 @@ def test_rows_come_in_group_key_order_without_order_by(env: DpEnv) -> None:
         assert table.schema.metadata[b"stockade.dp.order"] == b"group key"
 
 
-def test_variance_squares_are_centred_on_the_bounds_midpoint(env: DpEnv) -> None:
-    # cost is bounded to [0, 100]: its squares are taken around 50, so one row moves the
-    # sum of squares by at most 50² = 2500 (not 100² = 10000); the variance is unchanged.
-    plan = env.plan("SELECT VAR_POP(cost) AS v FROM visits")
-    (squares,) = [m for m in plan.query.measures if m.kind == "sumsq"]
-    assert (squares.centre, squares.sensitivity) == (50.0, 2500.0)
-    assert "(CAST(\"c_v0\" AS DOUBLE) - 50.0) * (CAST(\"c_v0\" AS DOUBLE) - 50.0)" in \
-        env.dp.aggregate_sql(plan)
-    v = env.dp.execute(plan).schema.field("v").metadata
-    assert v[b"stockade.dp.centre"] == b"50.0"
-    assert v[b"stockade.dp.mechanism"] == b"laplace,laplace,laplace"  # one per draw
-    # 2 rows per unit at ε 0.5: scale 4 per unit of sensitivity (just above, OpenDP's search)
-    scales = sorted(float(s) for s in v[b"stockade.dp.scale"].split(b","))
-    assert scales[0] == pytest.approx(4.0, rel=1e-4)  # the count
-    assert scales[1] == pytest.approx(400.0, rel=1e-4)  # the sum: max(|0|, |100|)
-    assert scales[2] == pytest.approx(10_000.0, rel=1e-4)  # the centred squares: 2500
+def test_parts_take_squares_around_the_bounds_midpoint(env: DpEnv) -> None:
+    # cost is bounded to [0, 100]. As parts for a network node, its squares are taken
+    # around 50, so one row moves their sum by at most 50² = 2500, not 100² = 10000; the
+    # variance is the same function of the noisy sums. A domain's own answer keeps 0.
+    sql = "SELECT VAR_POP(cost) AS v FROM visits"
+    for unclamped, centre, sensitivity in ((True, 50.0, 2500.0), (False, 0.0, 10_000.0)):
+        plan = env.plan(sql, unclamped=unclamped)
+        (squares,) = [m for m in plan.query.measures if m.kind == "sumsq"]
+        assert (squares.centre, squares.sensitivity) == (centre, sensitivity)
+        v = env.dp.execute(plan).schema.field("v").metadata
+        assert v[b"stockade.dp.mechanism"] == b"laplace,laplace,laplace"  # one per draw
+        # 2 rows per unit at ε 0.5: scale 4 per unit of sensitivity (OpenDP's search)
+        scales = sorted(float(s) for s in v[b"stockade.dp.scale"].split(b","))
+        assert scales == pytest.approx([4.0, 400.0, 4 * sensitivity], rel=1e-4)
+        assert v.get(b"stockade.dp.centre") == (b"50.0" if unclamped else None)
+    assert ("(CAST(\"c_v0\" AS DOUBLE) - 50.0) * (CAST(\"c_v0\" AS DOUBLE) - 50.0)"
+            in env.dp.aggregate_sql(env.plan(sql, unclamped=True)))
 
 
 class Shift:
@@ -542,7 +543,7 @@ def test_unclamped_parts_carry_the_noisy_sums_exactly(env: DpEnv) -> None:
     from gateway.dp.release import release
 
     query = env.plan("SELECT site, COUNT(cost) AS n, AVG(cost) AS a, VAR_POP(cost) AS v "
-                     "FROM visits GROUP BY site").query
+                     "FROM visits GROUP BY site", unclamped=True).query
     by_kind = {m.kind: m for m in query.measures}
     centre = by_kind["sumsq"].centre
     groups = {"a": [10.0, 20.0, 30.0, 90.0], "b": [0.0, 100.0, 50.0]}

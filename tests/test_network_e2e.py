@@ -623,7 +623,9 @@ def test_the_network_asks_domains_for_unclamped_parts(lab, conns):  # type: igno
     assert plain.column("__p0")[0].as_py() >= 0
     assert parts.schema.field("__p0").type == pa.float64()
     assert parts.column("__p0")[0].as_py() != round(parts.column("__p0")[0].as_py())
+    # Parts take squares around the midpoint of age's bounds [0, 110]; answers around 0.
     assert parts.schema.field("__p2").metadata[b"stockade.dp.centre"] == b"55.0"
+    assert b"stockade.dp.centre" not in plain.schema.field("__p2").metadata
     for table in (plain, parts):
         assert float(table.schema.metadata[b"stockade.dp.epsilon_spent"]) == \
             pytest.approx(1.8)  # count, sum, squares at 0.6

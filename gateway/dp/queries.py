@@ -106,8 +106,9 @@ class DpPlan:
 
     ``unclamped`` asks for the noisy parts as they are (counts neither rounded nor
     made non-negative, variances not made non-negative, a ratio NULL only when
-    its noisy denominator is 0): what a network node merging several domains
-    needs, so that it clamps once, after the merge (the call header
+    its noisy denominator is 0, sums of squares taken around the bounds'
+    midpoint): what a network node merging several domains needs, so that it
+    clamps once, after the merge (the call header
     :data:`gateway.dialects.DP_PARTS_HEADER`). It costs the same ε and δ.
     """
 
@@ -199,12 +200,14 @@ class PrivateQueries:
         """Check ``sql`` for ``dp`` mode and fix its ε and δ (charges nothing).
 
         The checked query is remembered per (policy, role, user attributes, SQL,
-        dialect): the policy steps and the split read the principal's role (its
-        grants and functions) and attributes (row filters), never the user's name.
+        dialect, parts or not): the policy steps and the split read the principal's role
+        (its grants and functions) and attributes (row filters), never the user's name.
+        Parts (``unclamped``) take sums of squares around the bounds' midpoint
+        (:class:`gateway.dp.translate.Measure`).
         """
         key = (id(policy), principal.role,
                tuple(sorted((k, type(v).__name__, v) for k, v in principal.attributes.items())),
-               sql, dialect)
+               sql, dialect, unclamped)
         with self._lock:
             found = self._plans.get(key)
             if found is not None:
@@ -213,7 +216,7 @@ class PrivateQueries:
             query = found[1]
         else:
             query = self._query(sql, policy=policy, principal=principal, schemas=schemas,
-                                dialect=dialect)
+                                dialect=dialect, centred=unclamped)
             with self._lock:
                 self._plans[key] = (policy, query)
                 while len(self._plans) > 4096:
@@ -223,14 +226,15 @@ class PrivateQueries:
         return _resolve(query, principal.user, epsilon, delta, bounds, unclamped=unclamped)
 
     def _query(self, sql: str, *, policy: Policy, principal: Principal, schemas: Schemas,
-               dialect: str) -> DpQuery:
+               dialect: str, centred: bool = False) -> DpQuery:
         expression = parse(sql, dialect=dialect)
         catalog = catalog_for(policy, principal)
         context: dict[str, Any] = {"policy": policy, "principal": principal,
                                    "schemas": schemas, "catalog": catalog, "max_rows": None}
         for rule in _RULES:
             expression = rule(expression, **context)
-        return translate(expression, principal=principal, catalog=catalog, schemas=schemas)
+        return translate(expression, principal=principal, catalog=catalog, schemas=schemas,
+                         centred=centred)
 
     def _priced_plan(self, plan: DpPlan) -> _Priced:
         """Mechanisms and cost of ``plan`` (memoised per query, ε and δ)."""

@@ -24,8 +24,9 @@ it cannot fail, whatever the values.
    derived column (``AVG``, ``VARIANCE``, arithmetic) gets a 95 % half-width per
    row, the 95th percentile of ``|f(x̂ + e) − f(x̂)|`` over simulated noise ``e``
    of the same scales (a parametric bootstrap; see ``docs/dp.md``). A column
-   that reads one sum of squares also names the point it is centred on
-   (``stockade.dp.centre``), which a network node needs to merge variances.
+   that reads one sum of squares taken around a point other than 0 (unclamped
+   parts) names it (``stockade.dp.centre``): a network node needs it to merge
+   variances.
 
 >>> import math
 >>> whole_half_width(4.0)  # Laplace scale 4: b·ln 20 = 11.98 → 12 covers 95.6 %
@@ -321,7 +322,7 @@ def _column_metadata(query: DpQuery, output: Any, mechanisms: Mapping[str, Any],
         meta[META + "null_when"] = NULL_WHEN_PARTS if unclamped else NULL_WHEN
     centres = [m.centre for m in (_mechanism_of(query, n) for n in output.measures)
                if m.kind == "sumsq"]
-    if len(centres) == 1:
+    if len(centres) == 1 and centres[0]:
         meta[META + "centre"] = repr(float(centres[0]))
         info["centre"] = float(centres[0])
     return meta, info
