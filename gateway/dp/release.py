@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -195,10 +196,50 @@ def _mechanism_of(query: DpQuery, name: str) -> Measure:
     return next(m for m in query.measures if m.name == name)
 
 
+#: A release expression that is a guarded ratio of two measurements (what ``AVG`` compiles
+#: to, :func:`gateway.dp.translate._ratio`): its bootstrap is computed in numpy.
+_RATIO = re.compile(r"TRY\(CASE WHEN (m_\w+) > 0 THEN CAST\((m_\w+) AS DOUBLE\) / \1 END\)")
+
+
+def _ratio_parts(sql: str) -> tuple[str, str] | None:
+    """``(numerator, denominator)`` measurements of a guarded ratio, else None.
+
+    >>> _ratio_parts("TRY(CASE WHEN m_count_v1 > 0 THEN CAST(m_sum_v1 AS DOUBLE) / m_count_v1 END)")
+    ('m_sum_v1', 'm_count_v1')
+    >>> _ratio_parts("TRY(CASE WHEN m_count_v1 > 0 THEN CAST(m_sum_v1 AS DOUBLE) / m_count END)")
+    """
+    match = _RATIO.fullmatch(sql)
+    return None if match is None else (match.group(2), match.group(1))
+
+
+def _quantile_rows(values: np.ndarray[Any, Any], q: float) -> np.ndarray[Any, Any]:
+    """Per row of ``values``, the ``q`` quantile of its non-NaN values (NaN if none).
+
+    Linear interpolation between the closest ranks, as DuckDB's ``quantile_cont``.
+
+    >>> _quantile_rows(np.array([[1.0, 2.0, 3.0, np.nan], [np.nan] * 4]), 0.5).tolist()
+    [2.0, nan]
+    """
+    ordered = np.sort(values, axis=1)  # NaN last
+    valid = np.sum(~np.isnan(values), axis=1)
+    position = np.maximum(valid - 1, 0) * q
+    low = np.floor(position).astype(np.int64)
+    high = np.ceil(position).astype(np.int64)
+    rows = np.arange(values.shape[0])
+    lo, hi = ordered[rows, low], ordered[rows, high]
+    result = lo + (hi - lo) * (position - low)
+    return np.where(valid > 0, result, np.nan)
+
+
 def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
                       mechanisms: Mapping[str, Any], derived: list[int], *,
                       unclamped: bool) -> dict[int, list[float | None]]:
-    """Per released row, the 95 % half-width of each derived output (see the module doc)."""
+    """Per released row, the 95 % half-width of each derived output (see the module doc).
+
+    The simulated measurements are drawn in numpy; an output that is a guarded
+    ratio of two of them (``AVG``) is evaluated in numpy, any other by DuckDB
+    over the simulated rows (the same expression as the answer's).
+    """
     rows = answer.column("__row").to_pylist()
     if not rows or not derived:
         return {i: [None] * len(rows) for i in derived}
@@ -206,25 +247,62 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
     samples = int(min(2000, max(200, 200_000 // len(rows))))
     digest = hashlib.sha256(repr(base.to_pydict()).encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    repeated = base.take(pa.array(np.repeat(np.arange(len(rows)), samples)))
-    columns = {name: repeated.column(name) for name in repeated.column_names}
+    simulated: dict[str, np.ndarray[Any, Any]] = {}
     for m in query.measures:
-        if m.kind == "keys" or m.name not in columns:
+        if m.kind == "keys" or m.name not in base.column_names:
             continue
         scale = float(mechanisms[m.name].scale)
-        values = pc.cast(columns[m.name], pa.float64()).to_numpy(zero_copy_only=False)
-        values = values + rng.laplace(0.0, scale, size=len(values))
+        values = pc.cast(base.column(m.name), pa.float64()).to_numpy(zero_copy_only=False)
+        values = np.repeat(values, samples) + rng.laplace(0.0, scale, size=len(rows) * samples)
         if m.kind == "count":
-            columns[m.name] = _whole(values, nonneg=not unclamped)
+            values = np.rint(values)
+            if not unclamped:
+                values = np.maximum(values, 0.0)
+            values = np.where(np.isfinite(values) & (np.abs(values) < 2.0 ** 62), values, np.nan)
+        simulated[m.name] = values
+    out: dict[int, list[float | None]] = {}
+    general = []
+    for i in derived:
+        output = query.outputs[i]
+        parts = _ratio_parts((output.unclamped_sql or output.sql) if unclamped else output.sql)
+        if parts is None or not all(p in simulated for p in parts):
+            general.append(i)
+            continue
+        numerator, denominator = (simulated[p] for p in parts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(denominator > 0, numerator / denominator, np.nan)
+        observed = pc.cast(answer.column(f"c{i}"), pa.float64()).to_numpy(zero_copy_only=False)
+        spread = np.abs(ratio.reshape(len(rows), samples) - observed[:, None])
+        spread[~np.isfinite(spread)] = np.nan
+        widths = _quantile_rows(spread, 0.95)
+        out[i] = [float(w) if math.isfinite(w) else None for w in widths]
+    if general:
+        out.update(_duckdb_widths(query, base, answer, simulated, samples, general,
+                                  unclamped=unclamped))
+    return out
+
+
+def _duckdb_widths(query: DpQuery, base: pa.Table, answer: pa.Table,
+                   simulated: Mapping[str, np.ndarray[Any, Any]], samples: int,
+                   derived: list[int], *, unclamped: bool) -> dict[int, list[float | None]]:
+    """The bootstrap widths of ``derived`` outputs, evaluated by DuckDB."""
+    rows = answer.column("__row").to_pylist()
+    repeated = base.take(pa.array(np.repeat(np.arange(len(rows)), samples)))
+    columns = {name: repeated.column(name) for name in repeated.column_names}
+    for name, values in simulated.items():
+        kind = _mechanism_of(query, name).kind
+        if kind == "count":
+            ok = ~np.isnan(values)
+            columns[name] = pa.array(np.where(ok, values, 0).astype(np.int64), mask=~ok)
         else:
-            columns[m.name] = pa.array(values)
-    simulated = pa.table(columns)
+            columns[name] = pa.array(values)
+    table_in = pa.table(columns)
     items = ["__row"] + [
         f"{(query.outputs[i].unclamped_sql or query.outputs[i].sql) if unclamped else query.outputs[i].sql} AS s{i}"  # noqa: E501
         for i in derived]
     cur = _cursor()
     try:
-        cur.register("simulated", simulated)
+        cur.register("simulated", table_in)
         cur.register("observed", answer.select(["__row"] + [f"c{i}" for i in derived]))
         spreads = ", ".join(
             f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.c{i} AS DOUBLE)), 0.95) AS w{i}"
