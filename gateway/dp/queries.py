@@ -174,6 +174,7 @@ class PrivateQueries:
         self.ledger = ledger
         self._plans: OrderedDict[tuple[Any, ...], tuple[Policy, DpQuery]] = OrderedDict()
         self._priced: OrderedDict[tuple[Any, ...], _Priced] = OrderedDict()
+        self._release_schemas: OrderedDict[tuple[Any, ...], pa.Schema] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- planning
@@ -307,14 +308,35 @@ class PrivateQueries:
                     f"dp mode cannot answer this query on table "
                     f"'{plan.query.access.qualified_name}': {exc.message}") from None
         if priced.answer_schema is None or plan.unclamped:
-            empty = priced.exact_schema.empty_table()
-            answer = release(plan.query, empty, priced.mechanisms,
-                             threshold=priced.threshold, epsilon=plan.epsilon,
-                             delta=plan.delta, unclamped=plan.unclamped)
+            schema = self._release_schema(plan, priced)
             if plan.unclamped:
-                return _with_schema(priced, answer.schema)
-            priced.answer_schema = answer.schema
+                return _with_schema(priced, schema)
+            priced.answer_schema = schema
         return priced
+
+    def _release_schema(self, plan: DpPlan, priced: _Priced) -> pa.Schema:
+        """The answer's schema: the release run once over no rows (reads no data).
+
+        It depends on the query's shape alone (outputs, HAVING, ORDER BY, LIMIT,
+        keys, measurements, their scales, ε, δ) and on the types of the exact
+        measurements, never on the WHERE clause: queries that differ only there
+        share it (the aggregate query itself is still bound for each of them).
+        """
+        assert priced.exact_schema is not None
+        key = _release_key(plan, priced)
+        with self._lock:
+            found = self._release_schemas.get(key)
+            if found is not None:
+                self._release_schemas.move_to_end(key)
+                return found
+        answer = release(plan.query, priced.exact_schema.empty_table(), priced.mechanisms,
+                         threshold=priced.threshold, epsilon=plan.epsilon,
+                         delta=plan.delta, unclamped=plan.unclamped)
+        with self._lock:
+            self._release_schemas[key] = answer.schema
+            while len(self._release_schemas) > 1024:
+                self._release_schemas.popitem(last=False)
+        return answer.schema
 
     def relation_schema(self, plan: DpPlan) -> pa.Schema:
         """The Arrow schema of the policy relation of ``plan`` (reads no data)."""
@@ -359,6 +381,17 @@ class PrivateQueries:
         self.ledger.store_answer(key, plan.user, access.dataset, charge.charge_id,
                                  _to_ipc(table))
         return _with_spend(table, plan, priced.cost, charge.balance, cached=False)
+
+
+def _release_key(plan: DpPlan, priced: _Priced) -> tuple[Any, ...]:
+    """Everything the release over no rows reads (see ``PrivateQueries._release_schema``)."""
+    q = plan.query
+    assert priced.exact_schema is not None
+    return (priced.exact_schema.serialize().to_pybytes(), q.keys, q.censored,
+            tuple((m.name, m.kind, repr(float(priced.mechanisms[m.name].scale)))
+                  for m in q.measures),
+            q.outputs, q.having, q.order, q.limit, repr(priced.threshold),
+            repr(plan.epsilon), repr(plan.delta), plan.unclamped)
 
 
 def _with_schema(priced: _Priced, schema: pa.Schema) -> _Priced:
