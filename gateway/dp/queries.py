@@ -56,7 +56,7 @@ from snsql.sql.privacy import Privacy
 from gateway.dp.aggregate import aggregate_sql
 from gateway.dp.mechanisms import CachedLaplace
 from gateway.dp.release import META, release
-from gateway.dp.translate import KEYCOUNT, UNIT, DpQuery, over_snapshot, translate
+from gateway.dp.translate import KEYCOUNT, UNIT, DpQuery, snapshot_relation, translate
 from gateway.engine import Engine
 from gateway.errors import InputError, QueryFailedError, StockadeError
 from gateway.ledger import Balance, Cost, Ledger
@@ -287,8 +287,7 @@ class PrivateQueries:
             if snapshot is not None and access.privacy_unit is not None \
                     and snapshot.unit.lower() == access.privacy_unit.lower() \
                     and snapshot.max_rows <= (access.max_rows_per_unit or 1):
-                relation = over_snapshot(relation, access.dataset, access.table,
-                                         snapshot.sql)
+                relation = snapshot_relation(q, snapshot.sql)
                 sample = False
             yield aggregate_sql(q, relation=relation, sample=sample)
 
