@@ -251,9 +251,10 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
     digest = hashlib.sha256(repr(base.to_pydict()).encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     simulated: dict[str, np.ndarray[Any, Any]] = {}
+    read = {name for i in derived for name in query.outputs[i].measures}
     for m in query.measures:
-        if m.kind == "keys" or m.name not in base.column_names:
-            continue
+        if m.kind == "keys" or m.name not in base.column_names or m.name not in read:
+            continue  # only the measurements the derived outputs read are simulated
         scale = float(mechanisms[m.name].scale)
         values = pc.cast(base.column(m.name), pa.float64()).to_numpy(zero_copy_only=False)
         values = np.repeat(values, samples) + rng.laplace(0.0, scale, size=len(rows) * samples)
