@@ -31,6 +31,7 @@ it cannot fail, whatever the values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -181,10 +182,70 @@ def _evaluate(query: DpQuery, noisy: pa.Table, *, unclamped: bool,
     sql = f"SELECT {', '.join(items)} FROM noisy{having} ORDER BY {', '.join(order)}"
     if limit and query.limit is not None:
         sql += f" LIMIT {int(query.limit)}"
+    simple = _evaluate_simple(query, noisy, sql, unclamped=unclamped)
+    if simple is not None:
+        return simple
     cur = _cursor()
     try:
         cur.register("noisy", noisy)
         return cur.execute(sql).to_arrow_table()
+    finally:
+        cur.close()
+
+
+#: A release expression that is one column of the noisy table as it is (a key, or a
+#: count: ``TRY(m_count)``).
+_PASS = re.compile(r"TRY\((\w+)\)")
+
+
+def _evaluate_simple(query: DpQuery, noisy: pa.Table, sql: str, *,
+                     unclamped: bool) -> pa.Table | None:
+    """What DuckDB gives for ``sql`` over ``noisy``, without DuckDB, when that is certain.
+
+    For the common shape only: no HAVING, ORDER BY or LIMIT; every output a key, one
+    measurement as it is, or a guarded ratio (``AVG``); keys of types whose order is
+    the same in Arrow's sort (``noisy`` is sorted by key, :func:`noisy_measurements`)
+    as in DuckDB's (integers, booleans, dates, strings: bytewise). The result must also
+    have exactly the types DuckDB gives (checked against DuckDB's own result over no
+    rows, once per query shape); else None, and DuckDB evaluates it.
+    """
+    if query.having or query.order or query.limit is not None:
+        return None
+    for key in query.keys:
+        t = noisy.schema.field(key).type
+        if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_date32(t)
+                or pa.types.is_string(t)):
+            return None
+    columns: dict[str, Any] = {"__row": noisy.column("__row")}
+    for i, output in enumerate(query.outputs):
+        text = (output.unclamped_sql or output.sql) if unclamped else output.sql
+        passed, parts = _PASS.fullmatch(text), _ratio_parts(text)
+        if passed is not None and passed.group(1) in noisy.column_names:
+            columns[f"c{i}"] = noisy.column(passed.group(1))
+        elif parts is not None and all(p in noisy.column_names for p in parts):
+            numerator, denominator = (
+                pc.cast(noisy.column(p), pa.float64()).to_numpy(zero_copy_only=False)
+                for p in parts)
+            ok = (denominator > 0) & ~np.isnan(numerator)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(ok, numerator / np.where(ok, denominator, 1.0), 0.0)
+            columns[f"c{i}"] = pa.array(ratio, type=pa.float64(), mask=~ok)
+        else:
+            return None
+    table = pa.table(columns)
+    if not table.schema.equals(_duckdb_schema(sql, noisy.schema.serialize().to_pybytes())):
+        return None
+    return table
+
+
+@functools.lru_cache(maxsize=1024)
+def _duckdb_schema(sql: str, noisy_schema: bytes) -> pa.Schema:
+    """The schema of DuckDB's result of ``sql`` over a ``noisy`` table with no rows."""
+    empty = pa.ipc.read_schema(pa.py_buffer(noisy_schema)).empty_table()
+    cur = _cursor()
+    try:
+        cur.register("noisy", empty)
+        return cur.execute(sql).to_arrow_table().schema
     finally:
         cur.close()
 
