@@ -16,13 +16,16 @@ it cannot fail, whatever the values.
 5. **outputs**, ``HAVING`` and ``ORDER BY`` are evaluated by DuckDB over the
    noisy measurements, each expression under ``TRY`` (an error becomes NULL); a
    ratio whose noisy denominator is not positive is NULL; NaN and ±inf become
-   NULL; a row whose ``HAVING`` is NULL is not released;
+   NULL; a row whose ``HAVING`` is NULL is not released. The common shape (keys,
+   counts, ``AVG``; no ``HAVING``, ``ORDER BY`` or ``LIMIT``) is computed in numpy
+   to the same table (:func:`_evaluate_simple`);
 6. **intervals**: a column that is exactly one measurement has an exact 95 %
    interval (``b·ln 20`` for Laplace noise of scale b; for whole numbers the
    smallest whole half-width covering at least 95 %, with its exact coverage); a
    derived column (``AVG``, ``VARIANCE``, arithmetic) gets a 95 % half-width per
    row, the 95th percentile of ``|f(x̂ + e) − f(x̂)|`` over simulated noise ``e``
-   of the same scales (a parametric bootstrap; see ``docs/dp.md``).
+   of the same scales (a parametric bootstrap; see ``docs/dp.md``), in numpy for a
+   ratio (``AVG``), by DuckDB for other expressions.
 
 >>> import math
 >>> whole_half_width(4.0)  # Laplace scale 4: b·ln 20 = 11.98 → 12 covers 95.6 %
