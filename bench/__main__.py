@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rounds of the dp benchmark (3 calls of each fast contender each)")
     parser.add_argument("--dp-profile-calls", type=int, default=15,
                         help="dp calls profiled stage by stage per data set (0: none)")
+    parser.add_argument("--dp-values", type=dp_bench.values_list, default=["discrete"],
+                        metavar="KIND[,KIND]",
+                        help="values of x in the dp data sets: discrete (100 values, the "
+                             "default), continuous (10^6 values); see bench/dp.py")
     parser.add_argument("--federation-rows", type=int, default=200_000,
                         help="screenings per domain of the federation benchmark")
     parser.add_argument("--federation-n", type=int, default=50,
@@ -132,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             policy_overhead.measure(args.overhead_rows, args.overhead_n), args.overhead_rows))
     if "dp" in selected:
         run("dp", lambda: {"repeats": args.dp_repeats, "results": [
-            dp_bench.measure(rows, args.dp_repeats, args.dp_profile_calls)
-            for rows in args.dp_rows]})
+            dp_bench.measure(rows, args.dp_repeats,  # profiled on the first kind of values
+                             args.dp_profile_calls if values == args.dp_values[0] else 0,
+                             values)
+            for values in args.dp_values for rows in args.dp_rows]})
     if "federation" in selected:
         run("federation", lambda: federation.to_json(federation.measure(
             args.federation_rows, args.federation_n, args.federation_warmup)))
