@@ -34,7 +34,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +139,60 @@ def scrub_message(message: str, *, values: bool) -> str:
     return message
 
 
-def engine_error(exc: BaseException, *, timeout_s: float | None = None) -> StockadeError:
-    """The Stockade error for an exception raised by DuckDB."""
+#: What an analyst is told when their query fails while it reads rows: one fixed text
+#: per class of engine error (invariant 5). The engine's own text, which can quote a
+#: value of the data (a conversion, a pattern, a time zone), goes to the audit log only.
+RUNTIME_ERRORS: tuple[tuple[type[duckdb.Error], str], ...] = (
+    (duckdb.ConversionException,
+     "A value could not be converted to the type your query needs, on some row (a CAST, "
+     "or a comparison or function that converts). Use TRY_CAST(x AS type) to get NULL "
+     "instead of an error."),
+    (duckdb.OutOfRangeException,
+     "A computation in your query went out of range on some row (an overflow, or a value "
+     "outside a function's domain such as ln(0)). Use TRY(expression) to get NULL instead "
+     "of an error."),
+    (duckdb.InvalidInputException,
+     "A function in your query received an input it cannot handle, on some row (for "
+     "example a regular expression, a format or a time zone built from the data). Use "
+     "constant patterns and formats, or TRY(expression) to get NULL instead."),
+    (duckdb.NotImplementedException,
+     "A function in your query received an argument the engine does not support, on some "
+     "row (for example an unknown time zone). Use constant arguments for such functions."),
+)
+RUNTIME_ERROR = "Your query failed while reading the data ({kind}). Simplify the expression " \
+    "that fails, or wrap it in TRY(expression) to get NULL instead of an error."
+
+#: Engine errors about the SQL text itself (names, types, syntax): raised while DuckDB
+#: binds a query, before it reads a row, so their text depends on the SQL only.
+_BIND_ERRORS = (duckdb.BinderException, duckdb.ParserException, duckdb.CatalogException)
+
+
+def runtime_message(exc: duckdb.Error) -> str:
+    """The fixed message for an engine error raised while reading rows.
+
+    >>> runtime_message(duckdb.ConversionException("Could not convert string 'Alice'"))[:46]
+    'A value could not be converted to the type you'
+    >>> runtime_message(duckdb.ConstraintException("x = 'secret'"))
+    'Your query failed while reading the data (Constraint error). Simplify the expression \
+that fails, or wrap it in TRY(expression) to get NULL instead of an error.'
+    """
+    for kind, text in RUNTIME_ERRORS:
+        if isinstance(exc, kind):
+            return text
+    name = type(exc).__name__.removesuffix("Exception").removesuffix("Error") or "Engine"
+    return RUNTIME_ERROR.format(kind=f"{name} error")
+
+
+def engine_error(exc: BaseException, *, timeout_s: float | None = None,
+                 bound: bool = False) -> StockadeError:
+    """The Stockade error for an exception raised by DuckDB.
+
+    ``bound`` is false while DuckDB binds the query (it has read no row yet): an error
+    about the SQL text (a name, a type, the syntax) then keeps its text, scrubbed of
+    literals. Any other engine error becomes a fixed message of its class
+    (:data:`RUNTIME_ERRORS`), never the engine's text, which is kept in the error's
+    ``detail`` for the audit log.
+    """
     if isinstance(exc, StockadeError):
         return exc
     if isinstance(exc, duckdb.InterruptException):
@@ -167,9 +219,18 @@ def engine_error(exc: BaseException, *, timeout_s: float | None = None) -> Stock
         return QueryFailedError("The query needs more memory than this domain allows; "
                                 "aggregate, filter or add a LIMIT.")
     if isinstance(exc, duckdb.Error):
-        return QueryFailedError(scrub_message(redact(str(exc))[0],
-                                              values=isinstance(exc, _VALUE_ERRORS)))
+        detail = redact(str(exc))[0]
+        if not bound and isinstance(exc, _BIND_ERRORS):
+            return QueryFailedError(scrub_message(detail, values=False), detail=detail)
+        return QueryFailedError(runtime_message(exc), detail=detail)
     raise exc
+
+
+def _params(parameters: Sequence[Any] | Mapping[str, Any] | None) -> Any:
+    """DuckDB's ``params``: a list (positional), a dict (named ``$name``), or None."""
+    if not parameters:
+        return None
+    return dict(parameters) if isinstance(parameters, Mapping) else list(parameters)
 
 
 class Watchdog:
@@ -454,14 +515,16 @@ class Engine(Retiring):
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
         return self.result_schema(f"SELECT * FROM {identifier(dataset)}.{identifier(table)}")
 
-    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+    def result_schema(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> pa.Schema:
         """The Arrow schema of ``sql``'s result, without running it."""
         with self.in_use():
             cur = self.cursor()
             try:
-                rel = cur.sql(sql, params=list(parameters) if parameters else None)
+                rel = cur.sql(sql, params=_params(parameters))
                 return rel.limit(0).to_arrow_table().schema
-            except duckdb.Error as exc:
+            except duckdb.Error as exc:  # LIMIT 0 reads no row: a binding error
                 raise engine_error(exc) from None
             finally:
                 cur.close()
@@ -469,7 +532,7 @@ class Engine(Retiring):
     def execute(
         self,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
         batch_rows: int = 65_536,
@@ -489,8 +552,10 @@ class Engine(Retiring):
             raise
         watch = self._watchdog.arm(timeout_s, cur) if timeout_s else None
         started = time.monotonic()
+        bound = False
         try:
-            rel = cur.sql(sql, params=list(parameters) if parameters else None)
+            rel = cur.sql(sql, params=_params(parameters))
+            bound = True  # from here on, DuckDB reads rows
             reader = rel.to_arrow_reader(batch_rows)
         except BaseException as exc:
             if watch is not None:
@@ -498,7 +563,7 @@ class Engine(Retiring):
             cur.close()
             self.release()
             if isinstance(exc, duckdb.Error):
-                raise engine_error(exc, timeout_s=timeout_s) from None
+                raise engine_error(exc, timeout_s=timeout_s, bound=bound) from None
             raise
 
         def fail(exc: BaseException) -> StockadeError:
@@ -506,8 +571,9 @@ class Engine(Retiring):
             if expired:
                 return engine_error(duckdb.InterruptException(), timeout_s=timeout_s)
             if isinstance(exc, duckdb.Error):
-                return engine_error(exc, timeout_s=timeout_s)
-            return QueryFailedError(scrub_message(str(exc), values=True))
+                return engine_error(exc, timeout_s=timeout_s, bound=True)
+            return QueryFailedError(RUNTIME_ERROR.format(kind=type(exc).__name__),
+                                    detail=redact(str(exc))[0])
 
         # DuckDB computes the next batches on a producer thread while the current
         # one is being sent: the queue bounds what is held in memory.

@@ -41,7 +41,7 @@ from sqlglot import exp
 
 from connectors.base import SourcePlan
 from connectors.files import resolve_path
-from gateway.engine import scrub_message
+from gateway.engine import RUNTIME_ERROR, scrub_message
 from gateway.errors import ConfigError, ConnectorError, QueryFailedError, QueryTimeoutError
 from gateway.retiring import Retiring
 from gateway.snapshots import BoundedSource
@@ -147,10 +147,16 @@ def spark_error(exc: BaseException, *, timeout_s: float | None = None,
 
     if not isinstance(exc, PySparkException):
         raise exc
-    text = str(exc).split("\n", 1)[0]
+    from pyspark.errors import AnalysisException, ParseException
+
+    detail = str(exc)
+    if not isinstance(exc, AnalysisException | ParseException):  # raised while reading rows
+        return QueryFailedError("Spark: " + RUNTIME_ERROR.format(kind=type(exc).__name__),
+                                detail=detail)
+    text = detail.split("\n", 1)[0]
     text = _BACKTICK.sub(lambda m: m.group(0) if len(m.group(0)) < 80 else "`…`", text)
-    # Spark quotes the SQL and may quote values: keep the first line, without literals.
-    return QueryFailedError("Spark: " + scrub_message(text, values=True))
+    # About the SQL text (before any row is read): the first line, without literals.
+    return QueryFailedError("Spark: " + scrub_message(text, values=True), detail=detail)
 
 
 class _Cursor:
@@ -295,7 +301,9 @@ class SparkEngine(Retiring):
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
         return self.result_schema(f'SELECT * FROM "{dataset}"."{table}"')
 
-    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+    def result_schema(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> pa.Schema:
         """The Arrow schema of ``sql``'s result (Spark plans it, nothing is read)."""
         if parameters:
             raise QueryFailedError("Parameters are not supported on the Spark engine")
@@ -312,7 +320,7 @@ class SparkEngine(Retiring):
     def execute(
         self,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
         batch_rows: int = 65_536,

@@ -203,5 +203,12 @@ class QueryTimeoutError(StockadeError):
 class QueryFailedError(InputError):
     """The engine refused a query that passed the policy (bad cast, overflow, ...).
 
-    The message is the engine's, scrubbed of any value (see invariant 5).
+    The message never carries a value of the data (invariant 5): a fixed text per
+    class of error, or, for an error about the SQL text found before any row is read,
+    the engine's text scrubbed of literals. ``detail`` keeps what the engine said, for
+    the owner's audit log only.
     """
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail

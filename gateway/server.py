@@ -26,10 +26,13 @@ import pyarrow.flight as flight
 from gateway import admin
 from gateway.auth import AuthMiddleware, AuthMiddlewareFactory, NoOpHandshake
 from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, check_epsilon
-from gateway.domain import Domain, LruCache, parameter_values
+from gateway.domain import Domain, LruCache
 from gateway.errors import AuthenticationError, InputError
-from gateway.flightsql.schemas import annotate_schema, like_match
+from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH, like_match
+from gateway.flightsql.schemas import annotate_schema
 from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo, json_body
+from gateway.limits import RequestLimits
+from gateway.parameters import Parameters
 from policy.principal import Principal
 
 log = logging.getLogger("stockade.server")
@@ -49,7 +52,9 @@ class DomainServer(FlightSqlServer):
         *,
         token_ttl_s: int = 3600,
         max_batch_bytes: int = 4 * 1024 * 1024,
+        max_pattern_length: int = DEFAULT_MAX_PATTERN_LENGTH,
         tls_certificates: Sequence[tuple[bytes, bytes]] | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.domain = domain
         factory = AuthMiddlewareFactory(
@@ -59,18 +64,27 @@ class DomainServer(FlightSqlServer):
         kwargs: dict[str, Any] = {"auth_handler": NoOpHandshake(), "middleware": {AUTH: factory}}
         if tls_certificates:
             kwargs["tls_certificates"] = list(tls_certificates)
-        super().__init__(location, max_batch_bytes=max_batch_bytes, **kwargs)
+        super().__init__(location, max_batch_bytes=max_batch_bytes,
+                         max_pattern_length=max_pattern_length,
+                         limits=limits or domain.state.limits, **kwargs)
         # (user, session id) -> that session's options; bounded, oldest forgotten first.
         self._sessions: LruCache[tuple[str, str], dict[str, SessionValue]] = LruCache(10_000)
 
     # -- identity -------------------------------------------------------------------
 
     def _middleware(self, context: flight.ServerCallContext) -> AuthMiddleware:
+        """The caller's middleware, its login checked (with the client's address if deferred)."""
         middleware = context.get_middleware(AUTH)
         if not isinstance(middleware, AuthMiddleware):
             raise AuthenticationError("Authentication required: connect with a user name "
                                       "and password.")
+        middleware.verify(context.peer())
         return middleware
+
+    def check_caller(self, context: flight.ServerCallContext, action_type: str | None = None
+                     ) -> None:
+        """Every call needs a login (the middleware refuses calls without credentials)."""
+        self._middleware(context)
 
     def principal(self, context: flight.ServerCallContext) -> Principal:
         return self._middleware(context).principal
@@ -220,7 +234,7 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.Schema:
         return self.domain.result_schema(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
         )
 
@@ -228,7 +242,7 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.Schema:
         return self.domain.answer_schema(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
         )
 
@@ -241,6 +255,6 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.RecordBatchReader:
         return self.domain.execute(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
         )

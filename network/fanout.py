@@ -33,6 +33,7 @@ from gateway.errors import (
     UnavailableError,
 )
 from gateway.flightsql.server import TableInfo
+from gateway.limits import MAX_ROWS_KEY, TRUNCATED_KEY, truncated_at
 from gateway.policy_state import LruCache
 from network.auth import NetworkSession, Sessions
 from network.catalog import Catalogs, federated_tables, holders
@@ -162,7 +163,8 @@ class Federation:
             raise combined_error(_ordered(failed, self.links)) if failed else \
                 UnavailableError("No domain answered the federated query")
         merged = plan.merge(parts)
-        return _with_status(merged, {n: status[n] for n in self.links if n in status})
+        return _with_status(merged, {n: status[n] for n in self.links if n in status},
+                            cut=[c for _, part in parts if (c := truncated_at(part.schema))])
 
     def schema(self, session: NetworkSession, plan: Plan, options: Resolved) -> pa.Schema:
         """The answer's schema, without running anything (nothing is charged).
@@ -207,9 +209,19 @@ def _ordered(failed: Mapping[str, StockadeError], links: Mapping[str, DomainLink
     return {name: failed[name] for name in links if name in failed}
 
 
-def _with_status(table: pa.Table, status: Mapping[str, str]) -> pa.Table:
+def _with_status(table: pa.Table, status: Mapping[str, str], *,
+                 cut: Sequence[int] = ()) -> pa.Table:
+    """``table`` with each domain's status; marked cut if a domain's part was cut.
+
+    >>> t = _with_status(pa.table({"n": [1]}), {"a": "ok", "b": "ok"}, cut=[100, 20])
+    >>> truncated_at(t.schema), t.schema.metadata[STATUS_KEY]
+    (20, b'{"a": "ok", "b": "ok"}')
+    """
     meta = dict(table.schema.metadata or {})
     meta[STATUS_KEY] = json.dumps(dict(status)).encode()
+    if cut:
+        meta[TRUNCATED_KEY] = b"true"
+        meta[MAX_ROWS_KEY] = str(min(cut)).encode()
     return table.replace_schema_metadata(meta)
 
 

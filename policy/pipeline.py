@@ -39,11 +39,13 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from gateway.errors import StockadeError
+from gateway.limits import Deadline, RequestLimits
 from policy.access import catalog_for
 from policy.expressions import bind_secrets, secrets_used
 from policy.model import Policy
 from policy.principal import Principal
 from policy.rules.apply_table_policy import apply_table_policy
+from policy.rules.check_costs import check_costs
 from policy.rules.check_functions import check_functions
 from policy.rules.check_joins import check_joins
 from policy.rules.check_modes import check_modes
@@ -63,6 +65,7 @@ RULES: tuple[Rule, ...] = (
     resolve_tables,
     check_modes,
     check_functions,
+    check_costs,
     qualify_columns,
     check_joins,
     enforce_aggregate,
@@ -122,12 +125,16 @@ def plan_query(
     schemas: Schemas,
     dialect: str = "duckdb",
     max_rows: int | None = None,
+    limits: RequestLimits | None = None,
+    deadline: Deadline | None = None,
 ) -> QueryPlan:
     """Check ``sql`` against the policy for ``principal`` and rewrite it for DuckDB.
 
-    ``max_rows`` defaults to the role's limit from the policy.
+    ``max_rows`` defaults to the role's limit from the policy. ``limits`` bound the
+    text and its tree (:func:`policy.rules.parse.parse`); ``deadline``, when given,
+    is checked after parsing and after each rule (each is bounded by the limits).
     """
-    expression = parse(sql, dialect=dialect)
+    expression = parse(sql, dialect=dialect, limits=limits)
     parameters = _placeholders(expression)
     catalog = catalog_for(policy, principal)
     if max_rows is None:
@@ -148,7 +155,11 @@ def plan_query(
                     use = TableUse(access.dataset, access.table, access.mode)
                     if use not in uses:
                         uses.append(use)
+        if deadline is not None:
+            deadline.check()
         expression = rule(expression, **context)
+    if deadline is not None:
+        deadline.check()
     used = secrets_used(expression)
     expression, shown = bind_secrets(expression, policy.secrets)
     if _placeholders(expression) != parameters:

@@ -46,7 +46,11 @@ class ColumnNoise:
     the rows; ``ci95_half_width_by_row`` has each row's). They are ``None`` for a
     domain's derived column (``AVG``, ``VARIANCE``, ``STDDEV``, arithmetic), whose
     noise comes from several draws: ``scales`` and ``ci95_half_widths`` list them
-    (the noisy sums and counts it is computed from).
+    (the noisy sums and counts it is computed from), and ``ci95_half_width_by_row``
+    gives each row's own 95 % half-width. ``ci95_coverage`` is the exact probability
+    that a single draw's interval covers the truth (above 0.95 for whole numbers at
+    small noise); ``null_when`` says why a value may be NULL (a noisy denominator
+    that is not positive).
     """
 
     mechanism: str
@@ -56,6 +60,8 @@ class ColumnNoise:
     scales: tuple[float, ...] = ()
     ci95_half_widths: tuple[float, ...] = ()
     ci95_half_width_by_row: tuple[float | None, ...] | None = None
+    ci95_coverage: float | None = None
+    null_when: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,14 +116,17 @@ def column_noise(metadata: Mapping[bytes, bytes] | None) -> ColumnNoise | None:
     scales = _floats(meta.get((DP + "scale").encode()))
     widths = _floats(meta.get((DP + "ci95_half_width").encode()))
     one = len(scales) == 1 and len(widths) == 1
+    null_when = meta.get((DP + "null_when").encode())
     return ColumnNoise(
-        mechanism=mechanism.decode(),
+        mechanism=",".join(dict.fromkeys(mechanism.decode().split(","))),
         scale=scales[0] if one else None,
         ci95_half_width=widths[0] if one else None,
         derived=derived,
         scales=scales,
         ci95_half_widths=widths,
         ci95_half_width_by_row=None if by_row is None else tuple(json.loads(by_row)),
+        ci95_coverage=_float(meta.get((DP + "ci95_coverage").encode())),
+        null_when=None if null_when is None else null_when.decode(),
     )
 
 

@@ -147,6 +147,12 @@ SAFE: list[tuple[str, str]] = [
     ("SELECT result, count(*) AS n FROM visits GROUP BY result",
      "SELECT result, count(*) FROM clinic.visits GROUP BY result "
      "HAVING count(DISTINCT pid) >= 3"),
+    # A HAVING that would fail on the suppressed group only: it never runs there, so the
+    # query neither fails nor reveals that the group exists.
+    ("SELECT result, count(*) AS n FROM visits GROUP BY result HAVING CAST(CASE WHEN "
+     "result = 'secret-x' THEN 'x' ELSE '1' END AS INTEGER) = 1",
+     "SELECT result, count(*) FROM clinic.visits GROUP BY result "
+     "HAVING count(DISTINCT pid) >= 3"),
     ("SELECT DISTINCT result FROM visits",
      "SELECT DISTINCT result FROM clinic.visits WHERE result <> 'secret-x'"),
     ("SELECT age, count(*) AS n FROM visits GROUP BY age",

@@ -26,14 +26,17 @@ from network_fixtures import (
     ZOE,
     DelayProxy,
     RunningDomain,
+    anonymous_call_errors,
     connect,
+    ground_truth,
     network_yaml,
     start_domain,
     start_network,
+    unauthenticated,
 )
 
 from gateway.flightsql import flight_sql_pb2 as pb
-from gateway.flightsql.server import pack
+from gateway.flightsql.server import pack, unpack
 from gateway.remote import GatewayClient
 
 pytestmark = pytest.mark.filterwarnings(
@@ -232,17 +235,37 @@ def test_raw_pyarrow_flight_client(lab):  # type: ignore[no-untyped-def]
                                                   "st_marys"])
 
 
-def test_anonymous_calls_are_refused_but_status_is_open(lab):  # type: ignore[no-untyped-def]
+def test_every_call_needs_a_login_but_the_health_probe(lab):  # type: ignore[no-untyped-def]
+    # Before: GetSqlInfo, table types, XDBC info, ListActions and catalog FlightInfo were
+    # answered without credentials, and the status action gave every domain's URL.
+    errors = anonymous_call_errors(lab.url)
+    assert len(errors) > 30
+    answered = sorted(name for name, exc in errors.items() if exc is None)
+    assert answered == []
+    wrong = {name: f"{type(exc).__name__}: {exc}" for name, exc in errors.items()
+             if not unauthenticated(exc)}
+    assert wrong == {}
+    assert all("Authentication required" in str(exc) for exc in errors.values())
     client, options = flight_client(lab.url)
-    query = pb.CommandStatementQuery(query="SELECT 1 FROM st_marys.oncology.screenings")
-    with pytest.raises(flight.FlightUnauthenticatedError, match="Authentication required"):
-        client.get_flight_info(flight.FlightDescriptor.for_command(pack(query)), options)
-    with pytest.raises(flight.FlightUnauthenticatedError):
-        list(client.do_action(flight.Action("stockade.search", b'{"term": "x"}'), options))
+    (probe,) = client.do_action(flight.Action("stockade.network.health", b""), options)
+    assert json.loads(probe.body.to_pybytes()) == {"status": "ok"}  # and nothing else
+    client, options = flight_client(lab.url, "rita")
     status = json.loads(list(client.do_action(
         flight.Action("stockade.network.status", b""), options))[0].body.to_pybytes())
     assert status["network"] == "test_net"
     assert [d["name"] for d in status["domains"]] == list(DOMAINS)
+
+
+def test_a_long_catalog_pattern_is_refused_before_asking_the_domains(lab):  # type: ignore[no-untyped-def]
+    client, options = flight_client(lab.url, "rita")
+    command = pb.CommandGetTables(table_name_filter_pattern="%" * 5000 + "zz")
+    with pytest.raises(pa.ArrowInvalid, match=r"5002 characters long; this server accepts at "
+                                              r"most 256 \(setting max_pattern_length\)"):
+        client.get_flight_info(flight.FlightDescriptor.for_command(pack(command)), options)
+    command = pb.CommandGetTables(table_name_filter_pattern="%" * 240 + "scr%ings")
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(pack(command)), options)
+    tables = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert set(tables.column("table_name").to_pylist()) == {"screenings"}
 
 
 # ---------------------------------------------------------------- credentials
@@ -303,19 +326,25 @@ def test_closing_the_session_forgets_the_password(lab):  # type: ignore[no-untyp
 # ---------------------------------------------------------------- health and failures
 
 
-def test_status_action_and_cli(lab, capsys):  # type: ignore[no-untyped-def]
+def test_status_action_and_cli(lab, capsys, monkeypatch):  # type: ignore[no-untyped-def]
     from gateway.cli import main
 
     deadline = time.monotonic() + 10
     while any(d["state"] != "up" for d in lab.server.status()["domains"]):
         assert time.monotonic() < deadline, lab.server.status()
         time.sleep(0.1)
-    assert main(["network", "status", "--url", lab.url]) == 0
+    monkeypatch.delenv("STOCKADE_PASSWORD", raising=False)
+    # It logs in now (before, anyone could read every domain's URL).
+    assert main(["network", "status", "--url", lab.url, "--user", "rita"]) == 2
+    assert "No password to log in to" in capsys.readouterr().err
+    monkeypatch.setenv("STOCKADE_PASSWORD", USERS["rita"][1])
+    assert main(["network", "status", "--url", lab.url, "--user", "rita"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("network test_net: 3 of 3 domain(s) up")
     for name, d in lab.domains.items():
         assert name in out and d.url in out
-    assert main(["network", "status", "--url", lab.url, "--format", "json"]) == 0
+    assert main(["network", "status", "--url", lab.url, "--user", "rita", "--format",
+                 "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert all(d["latency_ms"] > 0 and d["checked_at"] for d in status["domains"])
 
@@ -325,14 +354,18 @@ def spare(lab: Lab, tmp_path: Path) -> Iterator[tuple[RunningDomain, Any, str]]:
     """A domain of its own (a copy of northern's setup) and a network over it and st_marys."""
     domain = start_domain(tmp_path / "spare", "northern")
     server, url = start_network({"st_marys": lab.domains["st_marys"].url, "spare": domain.url},
-                                settings="{health_interval_s: 0.2}")
+                                settings="{health_interval_s: 0.2}",
+                                own_names={"spare": DOMAINS["northern"]["policy_name"]})
     yield domain, server, url
     server.shutdown()
     domain.stop()
 
 
-def test_a_stopped_domain_is_unavailable_by_name(spare, conns, capsys):  # type: ignore[no-untyped-def]
+def test_a_stopped_domain_is_unavailable_by_name(spare, conns, capsys, monkeypatch):  # type: ignore[no-untyped-def]
     from gateway.cli import main
+
+    monkeypatch.setenv("STOCKADE_USER", "rita")
+    monkeypatch.setenv("STOCKADE_PASSWORD", USERS["rita"][1])
 
     domain, server, url = spare
     conn = conns("rita", url=url)
@@ -359,7 +392,8 @@ def test_a_slow_domain_times_out_by_name(lab, conns):  # type: ignore[no-untyped
     target = lab.domains["st_marys"].url.rsplit(":", 1)
     proxy = DelayProxy(("127.0.0.1", int(target[1]))).start()
     server, url = start_network({"slow": proxy.url, "city_general":
-                                 lab.domains["city_general"].url}, timeout_s=1.0)
+                                 lab.domains["city_general"].url}, timeout_s=1.0,
+                                own_names={"slow": "st_marys"})
     try:
         conn = conns("rita", url=url)
         sql = "SELECT count(*) AS n FROM slow.oncology.screenings"
@@ -569,7 +603,8 @@ def test_a_slow_domain_fails_a_federated_query_by_name(lab, conns):  # type: ign
     target = lab.domains["st_marys"].url.rsplit(":", 1)
     proxy = DelayProxy(("127.0.0.1", int(target[1]))).start()
     server, url = start_network({"slow": proxy.url, "city_general":
-                                 lab.domains["city_general"].url}, timeout_s=1.0)
+                                 lab.domains["city_general"].url}, timeout_s=1.0,
+                                own_names={"slow": "st_marys"})
     try:
         conn = conns("rita", url=url)
         assert run(conn, FEDERATED_COUNT).column("domain_count").to_pylist() == [2]
@@ -605,3 +640,33 @@ def test_search_action_through_the_network(lab):  # type: ignore[no-untyped-def]
     assert sorted(r["domain"] for r in by_column["results"]) == ["city_general", "st_marys"]
     assert all(r["matched"] == ["column"] for r in by_column["results"])
     assert by_column["domains"]["northern"].startswith("rejected: domain 'northern' rejected")
+
+
+def test_a_prepared_ticket_names_its_own_parameters_through_the_network(lab):  # type: ignore[no-untyped-def]
+    # Bind 90, ask for the ticket, bind 10, ask again: each ticket fetches its own answer.
+    client, options = flight_client(lab.url, "rita")
+    sql = "SELECT count(*) AS n FROM city_general.oncology.screenings WHERE age > ?"
+    request = pack(pb.ActionCreatePreparedStatementRequest(query=sql))
+    [created] = client.do_action(flight.Action("CreatePreparedStatement", request), options)
+    handle = unpack(created.body.to_pybytes())[1].prepared_statement_handle
+    command = flight.FlightDescriptor.for_command(
+        pack(pb.CommandPreparedStatementQuery(prepared_statement_handle=handle)))
+    tickets = []
+    for age in (90, 10):
+        params = pa.record_batch({"0": [age]})
+        writer, reader = client.do_put(command, params.schema, options)
+        writer.write_batch(params)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+        tickets.append(client.get_flight_info(command, options).endpoints[0].ticket)
+    assert tickets[0].ticket != tickets[1].ticket
+    truth = {age: ground_truth([lab.domains["city_general"].parquet],
+                               f"SELECT count(*) FROM screenings WHERE age > {age}")[0][0]
+             for age in (90, 10)}
+    assert truth[90] != truth[10]
+    assert client.do_get(tickets[0], options).read_all().column("n").to_pylist() == [truth[90]]
+    assert client.do_get(tickets[1], options).read_all().column("n").to_pylist() == [truth[10]]
+    other, other_options = flight_client(lab.url, "aud")
+    with pytest.raises(KeyError, match="Result ticket not found"):
+        other.do_get(tickets[0], other_options).read_all()

@@ -63,6 +63,7 @@ from gateway.ledger import Balance, Cost, Ledger
 from policy.access import catalog_for, dataset_grant
 from policy.model import Policy
 from policy.principal import Principal
+from policy.rules.check_costs import check_costs
 from policy.rules.check_functions import check_functions
 from policy.rules.parse import parse
 from policy.rules.qualify_columns import qualify_columns
@@ -86,7 +87,7 @@ FAILED_AFTER_CHARGE = (
     "keys, and check the cost first with stockade.cost."
 )
 
-_RULES = (validate_statement, resolve_tables, check_functions, qualify_columns)
+_RULES = (validate_statement, resolve_tables, check_functions, check_costs, qualify_columns)
 
 
 class DpFailedError(QueryFailedError):
@@ -376,7 +377,8 @@ class PrivateQueries:
         except Exception as exc:  # after the charge: one fixed message, nothing refunded
             log.error("dp query of %s on %s failed after its charge: %s: %s", plan.user,
                       access.qualified_name, type(exc).__name__, exc)
-            raise DpFailedError(priced.cost, f"{type(exc).__name__}: {exc}") from None
+            detail = getattr(exc, "detail", None) or str(exc)
+            raise DpFailedError(priced.cost, f"{type(exc).__name__}: {detail}") from None
         self.ledger.store_answer(key, plan.user, access.dataset, charge.charge_id,
                                  _to_ipc(table))
         return _with_spend(table, plan, priced.cost, charge.balance, cached=False)

@@ -303,9 +303,12 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
                       unclamped: bool) -> dict[int, list[float | None]]:
     """Per released row, the 95 % half-width of each derived output (see the module doc).
 
-    The simulated measurements are drawn in numpy; an output that is a guarded
-    ratio of two of them (``AVG``) is evaluated in numpy, any other by DuckDB
-    over the simulated rows (the same expression as the answer's).
+    The spread is simulated on the release with nothing clamped (a variance may be
+    negative, a root signed: ``OutputColumn.spread_sql``): clamping a value towards
+    the non-negative truth only brings it closer, so the interval of the unclamped
+    value covers the released one. The simulated measurements are drawn in numpy; an
+    output that is a guarded ratio of two of them (``AVG``) is evaluated in numpy, any
+    other by DuckDB over the simulated rows.
     """
     rows = answer.column("__row").to_pylist()
     if not rows or not derived:
@@ -331,15 +334,13 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
     out: dict[int, list[float | None]] = {}
     general = []
     for i in derived:
-        output = query.outputs[i]
-        parts = _ratio_parts((output.unclamped_sql or output.sql) if unclamped else output.sql)
+        parts = _ratio_parts(_spread_sql(query, i))
         if parts is None or not all(p in simulated for p in parts):
             general.append(i)
             continue
-        numerator, denominator = (simulated[p] for p in parts)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(denominator > 0, numerator / denominator, np.nan)
-        observed = pc.cast(answer.column(f"c{i}"), pa.float64()).to_numpy(zero_copy_only=False)
+        ratio = _ratio(*(simulated[p] for p in parts))
+        observed = _ratio(*(pc.cast(base.column(p), pa.float64()).to_numpy(zero_copy_only=False)
+                            for p in parts))
         spread = np.abs(ratio.reshape(len(rows), samples) - observed[:, None])
         spread[~np.isfinite(spread)] = np.nan
         widths = _quantile_rows(spread, 0.95)
@@ -348,6 +349,23 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
         out.update(_duckdb_widths(query, base, answer, simulated, samples, general,
                                   unclamped=unclamped))
     return out
+
+
+def _spread_sql(query: DpQuery, i: int) -> str:
+    """What output ``i``'s interval is simulated on (see :func:`_simulated_widths`)."""
+    output = query.outputs[i]
+    return output.spread_sql or output.sql
+
+
+def _ratio(numerator: np.ndarray[Any, Any], denominator: np.ndarray[Any, Any]
+           ) -> np.ndarray[Any, Any]:
+    """A guarded ratio as DuckDB computes it: NaN (NULL) unless the denominator is > 0.
+
+    >>> _ratio(np.array([1.0, 1.0, 1.0]), np.array([4.0, 0.0, np.nan])).tolist()
+    [0.25, nan, nan]
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
 
 
 def _duckdb_widths(query: DpQuery, base: pa.Table, answer: pa.Table,
@@ -365,19 +383,18 @@ def _duckdb_widths(query: DpQuery, base: pa.Table, answer: pa.Table,
         else:
             columns[name] = pa.array(values)
     table_in = pa.table(columns)
-    items = ["__row"] + [
-        f"{(query.outputs[i].unclamped_sql or query.outputs[i].sql) if unclamped else query.outputs[i].sql} AS s{i}"  # noqa: E501
-        for i in derived]
+    items = ["__row"] + [f"{_spread_sql(query, i)} AS s{i}" for i in derived]
     cur = _cursor()
     try:
         cur.register("simulated", table_in)
-        cur.register("observed", answer.select(["__row"] + [f"c{i}" for i in derived]))
+        cur.register("base", base)
         spreads = ", ".join(
-            f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.c{i} AS DOUBLE)), 0.95) AS w{i}"
+            f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.s{i} AS DOUBLE)), 0.95) AS w{i}"
             for i in derived)
         table = cur.execute(
             f"SELECT s.__row, {spreads} FROM (SELECT {', '.join(items)} FROM simulated) AS s "
-            "JOIN observed AS o USING (__row) GROUP BY s.__row").to_arrow_table()
+            f"JOIN (SELECT {', '.join(items)} FROM base) AS o USING (__row) "
+            "GROUP BY s.__row").to_arrow_table()
     finally:
         cur.close()
     by_row = {r: i for i, r in enumerate(table.column("__row").to_pylist())}

@@ -148,6 +148,10 @@ class OutputColumn:
     measures: tuple[str, ...] = ()
     single: bool = False
     unclamped_sql: str = ""
+    #: The same release with nothing made non-negative and square roots extended to
+    #: negative values (sign(x)·sqrt(|x|)): what a derived column's interval is
+    #: simulated on (see :mod:`gateway.dp.release`).
+    spread_sql: str = ""
 
 
 @dataclass(frozen=True)
@@ -407,7 +411,7 @@ def _is_integer_type(duck_type: str) -> bool:
                     "INT8", "BOOLEAN"}
 
 
-def render(node: exp.Expr, *, unclamped: bool = False) -> str:
+def render(node: exp.Expr, *, unclamped: bool = False, signed_roots: bool = False) -> str:
     """DuckDB SQL of a release expression; ``NONNEG`` makes a negative value 0.
 
     >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]))
@@ -415,6 +419,13 @@ def render(node: exp.Expr, *, unclamped: bool = False) -> str:
     >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]), unclamped=True)
     'TRY(m_v)'
     """
+    def signed(child: exp.Expr) -> exp.Expr:
+        if isinstance(child, exp.Sqrt):
+            inner = child.this
+            return exp.Mul(this=exp.Anonymous(this="SIGN", expressions=[inner.copy()]),
+                           expression=exp.Sqrt(this=exp.Abs(this=inner)))
+        return child
+
     def swap(child: exp.Expr) -> exp.Expr:
         if isinstance(child, exp.Anonymous) and child.name == NONNEG:
             inner = child.expressions[0]
@@ -423,6 +434,8 @@ def render(node: exp.Expr, *, unclamped: bool = False) -> str:
                             true=exp.Literal.number(0))], default=inner)
         return child
     body = node.copy().transform(swap)
+    if signed_roots:
+        body = body.transform(signed)
     return f"TRY({body.sql(dialect='duckdb')})"
 
 
@@ -474,7 +487,8 @@ def translate(
                                    to=exp.DataType.build("BIGINT"))
             outputs.append(OutputColumn(
                 name, noisy=True, sql=render(release), measures=reads, single=single,
-                unclamped_sql=render(release, unclamped=True)))
+                unclamped_sql=render(release, unclamped=True),
+                spread_sql=render(release, unclamped=True, signed_roots=True)))
         by_name.setdefault(name, release)
 
     def post(node: exp.Expr, what: str) -> exp.Expr:

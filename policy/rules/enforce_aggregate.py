@@ -620,5 +620,10 @@ def _add_threshold(block: _Block) -> None:
     threshold = exp.and_(*conditions.values(), copy=False)
     having = block.select.args.get("having")
     if having is not None:
-        threshold = exp.and_(threshold, exp.paren(having.this, copy=False), copy=False)
+        # The analyst's condition is evaluated only on groups that pass the threshold
+        # (DuckDB evaluates a CASE branch only for the rows it selects; AND promises no
+        # order): a condition that fails, or is slow, on a suppressed group never runs.
+        threshold = exp.Case(ifs=[exp.If(this=threshold,
+                                         true=exp.paren(having.this, copy=False))],
+                             default=exp.false())
     block.select.set("having", exp.Having(this=threshold))
