@@ -322,11 +322,10 @@ WHERE constant `c` in every call, so that no plan, schema or paid answer is reus
 {QUERY.replace("<c>", "c")}
 ```
 
-Contenders alternate in rounds of {CALLS_PER_ROUND} passes (one constant per pass for all,
-the order rotating from round to round); medians of {result['repeats']} rounds after one
-warm-up, so {result['repeats'] * CALLS_PER_ROUND} calls of each contender (SmartNoise and the
-sampled path: one call a round while their calls took less than {SLOW_BUDGET_S:.0f} s, so
-{slow} calls at least).
+Contenders alternate in rounds of {CALLS_PER_ROUND} passes (one constant per pass for all, the order
+rotating from round to round); medians of {result['repeats']} rounds after one warm-up, so
+{result['repeats'] * CALLS_PER_ROUND} calls of each contender (SmartNoise and the sampled path: one call a round while
+their calls have taken less than {SLOW_BUDGET_S:.0f} s in all; {slow} calls at least here).
 
 ![dp](benchmarks-dp.png)
 
