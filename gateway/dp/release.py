@@ -208,7 +208,7 @@ def _evaluate_simple(query: DpQuery, noisy: pa.Table, sql: str, *,
     For the common shape only: no HAVING, ORDER BY or LIMIT; every output a key, one
     measurement as it is, or a guarded ratio (``AVG``); keys of types whose order is
     the same in Arrow's sort (``noisy`` is sorted by key, :func:`noisy_measurements`)
-    as in DuckDB's (integers, booleans, dates, strings: bytewise). The result must also
+    as in DuckDB's (integers, booleans, strings: bytewise). The result must also
     have exactly the types DuckDB gives (checked against DuckDB's own result over no
     rows, once per query shape); else None, and DuckDB evaluates it.
     """
@@ -216,8 +216,7 @@ def _evaluate_simple(query: DpQuery, noisy: pa.Table, sql: str, *,
         return None
     for key in query.keys:
         t = noisy.schema.field(key).type
-        if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_date32(t)
-                or pa.types.is_string(t)):
+        if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t)):
             return None
     columns: dict[str, Any] = {"__row": noisy.column("__row")}
     for i, output in enumerate(query.outputs):
