@@ -8,8 +8,9 @@ Parts (``--only NAME[,NAME]`` runs some of them; all by default):
   (`bench/latency.py`);
 - ``overhead``: the policy's planning against DuckDB running the plan
   (`bench/policy_overhead.py`);
-- ``dp``: dp aggregates on 1M and 10M rows, Stockade against SmartNoise alone and
-  plain DuckDB (`bench/dp.py`);
+- ``dp``: a dp GROUP BY with a new WHERE each call on 1M and 10M rows, through ADBC
+  against a running gateway, against plain DuckDB and SmartNoise alone, with the
+  stage-by-stage profile of a dp call (`bench/dp.py`, `bench/dp_profile.py`);
 - ``concurrency``: 1, 4 and 16 analysts running a mix for a fixed time, gateway against
   bare Flight; fails on any failed query (`bench/concurrency.py`);
 - ``federation``: a network node over 1, 2, 4 and 8 domains (`bench/federation.py`);
@@ -77,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed runs per query for the policy overhead")
     parser.add_argument("--dp-rows", type=int, nargs="+", default=[1_000_000, 10_000_000],
                         help="rows of the dp benchmark's data sets")
-    parser.add_argument("--dp-repeats", type=int, default=5)
+    parser.add_argument("--dp-repeats", type=int, default=5,
+                        help="rounds of the dp benchmark (3 calls of each fast contender each)")
+    parser.add_argument("--dp-profile-calls", type=int, default=15,
+                        help="dp calls profiled stage by stage per data set (0: none)")
+    parser.add_argument("--dp-values", type=dp_bench.values_list, default=["discrete"],
+                        metavar="KIND[,KIND]",
+                        help="values of x in the dp data sets: discrete (100 values, the "
+                             "default), continuous (10^6 values); see bench/dp.py")
     parser.add_argument("--federation-rows", type=int, default=200_000,
                         help="screenings per domain of the federation benchmark")
     parser.add_argument("--federation-n", type=int, default=50,
@@ -128,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             policy_overhead.measure(args.overhead_rows, args.overhead_n), args.overhead_rows))
     if "dp" in selected:
         run("dp", lambda: {"repeats": args.dp_repeats, "results": [
-            dp_bench.measure(rows, args.dp_repeats) for rows in args.dp_rows]})
+            dp_bench.measure(rows, args.dp_repeats,  # profiled on the first kind of values
+                             args.dp_profile_calls if values == args.dp_values[0] else 0,
+                             values)
+            for values in args.dp_values for rows in args.dp_rows]})
     if "federation" in selected:
         run("federation", lambda: federation.to_json(federation.measure(
             args.federation_rows, args.federation_n, args.federation_warmup)))

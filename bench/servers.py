@@ -129,20 +129,34 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def _users(state: Path, analysts: int) -> list[tuple[str, str]]:
+    wanted = [(USER, PASSWORD)] + [(f"analyst{i}", ANALYST_PASSWORD) for i in range(analysts)]
+    add_users(state, [(user, "reader", password) for user, password in wanted])
+    return wanted[1:]
+
+
+def add_users(state: Path, users: list[tuple[str, str, str]]) -> None:
+    """Create (or reset the password of) each ``(user, role, password)`` in ``state``."""
     from gateway.state import StateStore
 
-    wanted = [(USER, PASSWORD)] + [(f"analyst{i}", ANALYST_PASSWORD) for i in range(analysts)]
     store = StateStore(state)
     try:
-        for user, password in wanted:
+        for user, role, password in users:
             try:
                 store.get_user(user)
                 store.set_password(user, password)
             except LookupError:
-                store.add_user(user, "reader", password, {})
+                store.add_user(user, role, password, {})
     finally:
         store.close()
-    return wanted[1:]
+
+
+def start_gateway(stack: ExitStack, policy: Path, state: Path, log: Path,
+                  threads: int = THREADS) -> Server:
+    """``stockade serve`` in its own process, stopped when ``stack`` closes."""
+    server, _ = _start(stack, [sys.executable, "-m", "gateway.cli", "serve", "--policy",
+                               str(policy), "--data-dir", str(state), "--port", "0",
+                               "--threads", str(threads)], log)
+    return server
 
 
 @contextmanager
@@ -155,11 +169,8 @@ def running(work: Path, data: Path, analysts: int = 16) -> Iterator[Servers]:
     (work / "policy.yaml").write_text(POLICY)
     accounts = _users(work / "state", analysts)
     with ExitStack() as stack:
-        gateway, _ = _start(stack, [sys.executable, "-m", "gateway.cli", "serve", "--policy",
-                                    str(work / "policy.yaml"), "--data-dir",
-                                    str(work / "state"), "--port", "0",
-                                    "--threads", str(THREADS)],
-                            work / "gateway.log")
+        gateway = start_gateway(stack, work / "policy.yaml", work / "state",
+                                work / "gateway.log")
         views = [f"{name}={data.resolve()}" for name in ("tpch.lineitem", "private.lineitem")]
         bare, _ = _start(stack, [sys.executable, "-m", "bench.bare_server", str(BATCH_ROWS),
                                  str(THREADS), *views], work / "bare.log")

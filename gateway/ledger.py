@@ -437,10 +437,13 @@ class Ledger:
 
         The charge was committed before the query read any data
         (:meth:`charge` without ``answer``); the first answer stored for a key wins.
+        The answer is committed without waiting for the disk (it reaches the disk
+        with the next charge's synced commit): a crash of the machine just after
+        may lose it, and then the same query is charged again, never refunded.
         """
         if charge_id is None:
             raise ValueError("an answer is stored for the charge that paid for it")
-        with self.store._transaction() as con:
+        with self.store._transaction(synced=False) as con:
             con.execute(
                 "INSERT OR IGNORE INTO dp_answers (query_key, user_name, dataset, charge_id,"
                 " answer, created_at) VALUES (?, ?, ?, ?, ?, ?)",

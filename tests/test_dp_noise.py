@@ -90,3 +90,33 @@ def test_noisy_counts_have_the_claimed_scale(tmp_path: Path) -> None:
     _check_laplace(samples, 999.5, b)
     assert env.ledger.balance("sam", "health").spent_epsilon == 2.0  # 10 × (count + key)
     env.close()
+
+
+@pytest.mark.parametrize("unclamped", [False, True])
+def test_the_numpy_bootstrap_of_a_ratio_is_duckdbs(tmp_path: Path, unclamped: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # AVG's per-row interval is computed in numpy; evaluating the same expression with
+    # DuckDB over the same simulated draws (the generic path) gives the same widths.
+    from gateway.dp import release
+
+    env = open_env(tmp_path)
+    plan = env.plan("SELECT site, COUNT(*) AS n, AVG(cost) AS c, VARIANCE(cost) AS v "
+                    "FROM visits GROUP BY site")
+    mechanisms = env.dp._checked(plan).mechanisms
+    exact = env.engine.execute(env.dp.aggregate_sql(plan)).read_all()
+    noisy = release.noisy_measurements(plan.query, exact, mechanisms,
+                                       threshold=env.dp._checked(plan).threshold,
+                                       unclamped=unclamped)
+    answer = release._evaluate(plan.query, noisy, unclamped=unclamped)
+    derived = [2, 3]  # AVG: numpy; VARIANCE: DuckDB either way
+    assert release._ratio_parts(plan.query.outputs[2].sql) is not None
+    assert release._ratio_parts(plan.query.outputs[3].sql) is None
+    fast = release._simulated_widths(plan.query, noisy, answer, mechanisms, derived,
+                                     unclamped=unclamped)
+    monkeypatch.setattr(release, "_ratio_parts", lambda sql: None)
+    slow = release._simulated_widths(plan.query, noisy, answer, mechanisms, derived,
+                                     unclamped=unclamped)
+    assert answer.num_rows > 0 and all(w is not None for w in fast[2])
+    assert fast[2] == pytest.approx(slow[2], rel=1e-12)
+    assert fast[3] == slow[3]
+    env.close()

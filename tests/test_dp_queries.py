@@ -579,3 +579,49 @@ def test_unclamped_parts_carry_the_noisy_sums_exactly(env: DpEnv) -> None:
     assert clamped.column("n").to_pylist() == [4, 0]  # rounded, and made >= 0
     assert clamped.column("a")[1].as_py() is None  # the noisy count is not positive
     assert clamped.column("v")[0].as_py() >= 0
+
+
+def test_queries_differing_in_their_where_share_the_answer_schema_but_each_is_bound(
+        env: DpEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.dp import queries
+
+    releases: list[int] = []
+    real = queries.release
+
+    def counted(query, exact, *args, **kwargs):  # type: ignore[no-untyped-def]
+        releases.append(exact.num_rows)
+        return real(query, exact, *args, **kwargs)
+
+    monkeypatch.setattr(queries, "release", counted)
+    sql = "SELECT site, COUNT(*) AS n, AVG(cost) AS c FROM visits WHERE cost > {} GROUP BY site"
+    first = env.dp.result_schema(env.plan(sql.format(1)))
+    second = env.plan(sql.format(2))
+    assert env.dp.result_schema(second).equals(first, check_metadata=True)
+    assert releases == [0]  # the release over no rows ran once, for the first query
+    answer = env.dp.execute(second)
+    assert [f.type for f in answer.schema] == [f.type for f in first]
+    # A new WHERE is still bound by DuckDB before any charge: refused for free.
+    bad = env.plan("SELECT site, COUNT(*) AS n, AVG(cost) AS c FROM visits "
+                   "WHERE site + 1 > 2 GROUP BY site")
+    with pytest.raises(InputError, match="Binder Error"):
+        env.dp.execute(bad)
+    assert len(env.ledger.charges()) == 1
+
+
+@pytest.mark.parametrize("where", ["cost > 3", "name = 'FROM \"health\".\"visits\"'",
+                                   "name = '{marker}'"])
+def test_the_snapshot_relation_is_the_one_parsing_gives(env: DpEnv, where: str) -> None:
+    from gateway.dp import translate
+
+    plan = env.plan("SELECT COUNT(*) AS n FROM visits WHERE "
+                    + where.format(marker=translate._SOURCE.replace("'", "''")))
+    query, reference = plan.query, '"__dp_bounded_0"."main"."bounded"'
+    # The table is named in the relation, never the marker (but in the analyst's literal).
+    assert query.relation_sql.count(translate._SOURCE) == ("marker" in where)
+    parsed = translate.over_snapshot(query.relation_sql, "health", "visits", reference)
+    assert translate.snapshot_relation(query, reference) == parsed
+    # The marker written in a literal leaves no template (the relation is parsed instead).
+    assert bool(query.relation_template) is ("marker" not in where)
+    with env.engine.bounded_source("health", "visits") as snapshot:
+        assert snapshot is not None
+        assert snapshot.sql in env.dp.aggregate_sql(plan)

@@ -631,3 +631,11 @@ def test_ensure_admin_when_users_exist(store: StateStore) -> None:
 def test_ensure_admin_rejects_short_password(store: StateStore) -> None:
     with pytest.raises(InputError, match="at least 8"):
         ensure_admin(store, role="owner", password="short")
+
+
+def test_only_unsynced_transactions_skip_the_wait_for_the_disk(store: StateStore) -> None:
+    # A pooled connection never carries the mode of one transaction to the next:
+    # a charge after a stored answer commits with synchronous = FULL (2), as always.
+    for synced, mode in ((False, 1), (True, 2), (False, 1), (True, 2)):
+        with store._transaction(synced=synced) as con:
+            assert con.execute("PRAGMA synchronous").fetchone()[0] == mode

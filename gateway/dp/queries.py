@@ -56,7 +56,7 @@ from snsql.sql.privacy import Privacy
 from gateway.dp.aggregate import aggregate_sql
 from gateway.dp.mechanisms import CachedLaplace
 from gateway.dp.release import META, release
-from gateway.dp.translate import KEYCOUNT, UNIT, DpQuery, over_snapshot, translate
+from gateway.dp.translate import KEYCOUNT, UNIT, DpQuery, snapshot_relation, translate
 from gateway.engine import Engine
 from gateway.errors import InputError, QueryFailedError, StockadeError
 from gateway.ledger import Balance, Cost, Ledger
@@ -181,6 +181,7 @@ class PrivateQueries:
         self.ledger = ledger
         self._plans: OrderedDict[tuple[Any, ...], tuple[Policy, DpQuery]] = OrderedDict()
         self._priced: OrderedDict[tuple[Any, ...], _Priced] = OrderedDict()
+        self._release_schemas: OrderedDict[tuple[Any, ...], pa.Schema] = OrderedDict()
         self._lock = threading.Lock()
 
     # -- planning
@@ -296,8 +297,7 @@ class PrivateQueries:
             if snapshot is not None and access.privacy_unit is not None \
                     and snapshot.unit.lower() == access.privacy_unit.lower() \
                     and snapshot.max_rows <= (access.max_rows_per_unit or 1):
-                relation = over_snapshot(relation, access.dataset, access.table,
-                                         snapshot.sql)
+                relation = snapshot_relation(q, snapshot.sql)
                 sample = False
             yield aggregate_sql(q, relation=relation, sample=sample)
 
@@ -317,15 +317,36 @@ class PrivateQueries:
                     f"dp mode cannot answer this query on table "
                     f"'{plan.query.access.qualified_name}': {exc.message}") from None
         if (priced.parts_schema if plan.unclamped else priced.answer_schema) is None:
-            empty = priced.exact_schema.empty_table()
-            answer = release(plan.query, empty, priced.mechanisms,
-                             threshold=priced.threshold, epsilon=plan.epsilon,
-                             delta=plan.delta, unclamped=plan.unclamped)
+            schema = self._release_schema(plan, priced)
             if plan.unclamped:
-                priced.parts_schema = answer.schema
+                priced.parts_schema = schema
             else:
-                priced.answer_schema = answer.schema
+                priced.answer_schema = schema
         return priced
+
+    def _release_schema(self, plan: DpPlan, priced: _Priced) -> pa.Schema:
+        """The answer's schema: the release run once over no rows (reads no data).
+
+        It depends on the query's shape alone (outputs, HAVING, ORDER BY, LIMIT,
+        keys, measurements, their scales, ε, δ) and on the types of the exact
+        measurements, never on the WHERE clause: queries that differ only there
+        share it (the aggregate query itself is still bound for each of them).
+        """
+        assert priced.exact_schema is not None
+        key = _release_key(plan, priced)
+        with self._lock:
+            found = self._release_schemas.get(key)
+            if found is not None:
+                self._release_schemas.move_to_end(key)
+                return found
+        answer = release(plan.query, priced.exact_schema.empty_table(), priced.mechanisms,
+                         threshold=priced.threshold, epsilon=plan.epsilon,
+                         delta=plan.delta, unclamped=plan.unclamped)
+        with self._lock:
+            self._release_schemas[key] = answer.schema
+            while len(self._release_schemas) > 1024:
+                self._release_schemas.popitem(last=False)
+        return answer.schema
 
     def relation_schema(self, plan: DpPlan) -> pa.Schema:
         """The Arrow schema of the policy relation of ``plan`` (reads no data)."""
@@ -372,6 +393,18 @@ class PrivateQueries:
         self.ledger.store_answer(key, plan.user, access.dataset, charge.charge_id,
                                  _to_ipc(table))
         return _with_spend(table, plan, priced.cost, charge.balance, cached=False)
+
+
+def _release_key(plan: DpPlan, priced: _Priced) -> tuple[Any, ...]:
+    """Everything the release over no rows reads (see ``PrivateQueries._release_schema``)."""
+    q = plan.query
+    assert priced.exact_schema is not None
+    return (priced.exact_schema.serialize().to_pybytes(), q.keys, q.censored,
+            tuple((m.name, m.kind, repr(float(priced.mechanisms[m.name].scale)))
+                  for m in q.measures),
+            q.outputs, q.having, q.order, q.limit, repr(priced.threshold),
+            repr(plan.epsilon), repr(plan.delta), plan.unclamped)
+
 
 
 def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | None,

@@ -17,16 +17,18 @@ it cannot fail, whatever the values.
 5. **outputs**, ``HAVING`` and ``ORDER BY`` are evaluated by DuckDB over the
    noisy measurements, each expression under ``TRY`` (an error becomes NULL); a
    ratio whose noisy denominator is not positive is NULL; NaN and ±inf become
-   NULL; a row whose ``HAVING`` is NULL is not released;
+   NULL; a row whose ``HAVING`` is NULL is not released. The common shape (keys,
+   counts, ``AVG``; no ``HAVING``, ``ORDER BY`` or ``LIMIT``) is computed in numpy
+   to the same table (:func:`_evaluate_simple`);
 6. **intervals**: a column that is exactly one measurement has an exact 95 %
    interval (``b·ln 20`` for Laplace noise of scale b; for whole numbers the
    smallest whole half-width covering at least 95 %, with its exact coverage); a
    derived column (``AVG``, ``VARIANCE``, arithmetic) gets a 95 % half-width per
    row, the 95th percentile of ``|f(x̂ + e) − f(x̂)|`` over simulated noise ``e``
-   of the same scales (a parametric bootstrap; see ``docs/dp.md``). A column
-   that reads one sum of squares taken around a point other than 0 (unclamped
-   parts) names it (``stockade.dp.centre``): a network node needs it to merge
-   variances.
+   of the same scales (a parametric bootstrap; see ``docs/dp.md``), in numpy for a
+   ratio (``AVG``), by DuckDB for other expressions. A column that reads one sum
+   of squares taken around a point other than 0 (unclamped parts) names it
+   (``stockade.dp.centre``): a network node needs it to merge variances.
 
 >>> import math
 >>> whole_half_width(4.0)  # Laplace scale 4: b·ln 20 = 11.98 → 12 covers 95.6 %
@@ -35,10 +37,12 @@ it cannot fail, whatever the values.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -85,8 +89,11 @@ def whole_half_width(scale: float) -> tuple[int, float]:
     return k, 1.0 - math.exp(-(k + 0.5) / scale)
 
 
-#: Below this many values a query's noise is drawn on the calling thread only.
-_PARALLEL_DRAWS = 16
+#: Below this many values a query's noise is drawn on the calling thread only. OpenDP
+#: draws one value in ~40 µs here; handing half of a few dozen to a helper thread cost
+#: more than it saved (2 ms on the calling thread against 8–10 ms with the helper for
+#: 40 values, in a gateway on 2 busy cores).
+_PARALLEL_DRAWS = 512
 _draw_pool: ThreadPoolExecutor | None = None
 _draw_pool_lock = threading.Lock()
 
@@ -189,10 +196,69 @@ def _evaluate(query: DpQuery, noisy: pa.Table, *, unclamped: bool,
     sql = f"SELECT {', '.join(items)} FROM noisy{having} ORDER BY {', '.join(order)}"
     if limit and query.limit is not None:
         sql += f" LIMIT {int(query.limit)}"
+    simple = _evaluate_simple(query, noisy, sql, unclamped=unclamped)
+    if simple is not None:
+        return simple
     cur = _cursor()
     try:
         cur.register("noisy", noisy)
         return cur.execute(sql).to_arrow_table()
+    finally:
+        cur.close()
+
+
+#: A release expression that is one column of the noisy table as it is (a key, or a
+#: count: ``TRY(m_count)``).
+_PASS = re.compile(r"TRY\((\w+)\)")
+
+
+def _evaluate_simple(query: DpQuery, noisy: pa.Table, sql: str, *,
+                     unclamped: bool) -> pa.Table | None:
+    """What DuckDB gives for ``sql`` over ``noisy``, without DuckDB, when that is certain.
+
+    For the common shape only: no HAVING, ORDER BY or LIMIT; every output a key, one
+    measurement as it is, or a guarded ratio (``AVG``); keys of types whose order is
+    the same in Arrow's sort (``noisy`` is sorted by key, :func:`noisy_measurements`)
+    as in DuckDB's (integers, booleans, strings: bytewise). The result must also
+    have exactly the types DuckDB gives (checked against DuckDB's own result over no
+    rows, once per query shape); else None, and DuckDB evaluates it.
+    """
+    if query.having or query.order or query.limit is not None:
+        return None
+    for key in query.keys:
+        t = noisy.schema.field(key).type
+        if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t)):
+            return None
+    columns: dict[str, Any] = {"__row": noisy.column("__row")}
+    for i, output in enumerate(query.outputs):
+        text = (output.unclamped_sql or output.sql) if unclamped else output.sql
+        passed, parts = _PASS.fullmatch(text), _ratio_parts(text)
+        if passed is not None and passed.group(1) in noisy.column_names:
+            columns[f"c{i}"] = noisy.column(passed.group(1))
+        elif parts is not None and all(p in noisy.column_names for p in parts):
+            numerator, denominator = (
+                pc.cast(noisy.column(p), pa.float64()).to_numpy(zero_copy_only=False)
+                for p in parts)
+            ok = (denominator > 0) & ~np.isnan(numerator)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(ok, numerator / np.where(ok, denominator, 1.0), 0.0)
+            columns[f"c{i}"] = pa.array(ratio, type=pa.float64(), mask=~ok)
+        else:
+            return None
+    table = pa.table(columns)
+    if not table.schema.equals(_duckdb_schema(sql, noisy.schema.serialize().to_pybytes())):
+        return None
+    return table
+
+
+@functools.lru_cache(maxsize=1024)
+def _duckdb_schema(sql: str, noisy_schema: bytes) -> pa.Schema:
+    """The schema of DuckDB's result of ``sql`` over a ``noisy`` table with no rows."""
+    empty = pa.ipc.read_schema(pa.py_buffer(noisy_schema)).empty_table()
+    cur = _cursor()
+    try:
+        cur.register("noisy", empty)
+        return cur.execute(sql).to_arrow_table().schema
     finally:
         cur.close()
 
@@ -207,10 +273,53 @@ def _mechanism_of(query: DpQuery, name: str) -> Measure:
     return next(m for m in query.measures if m.name == name)
 
 
+#: A release expression that is a guarded ratio of two measurements (what ``AVG`` compiles
+#: to, :func:`gateway.dp.translate._ratio`): its bootstrap is computed in numpy.
+_RATIO = re.compile(r"TRY\(CASE WHEN (m_\w+) > 0 THEN CAST\((m_\w+) AS DOUBLE\) / \1 END\)")
+
+
+def _ratio_parts(sql: str) -> tuple[str, str] | None:
+    """``(numerator, denominator)`` measurements of a guarded ratio, else None.
+
+    >>> _ratio_parts("TRY(CASE WHEN m_count_v1 > 0 THEN CAST(m_sum_v1 AS DOUBLE) / m_count_v1 END)")
+    ('m_sum_v1', 'm_count_v1')
+    >>> _ratio_parts("TRY(CASE WHEN m_count_v1 > 0 THEN CAST(m_sum_v1 AS DOUBLE) / m_count END)")
+    """
+    match = _RATIO.fullmatch(sql)
+    return None if match is None else (match.group(2), match.group(1))
+
+
+def _quantile_rows(values: np.ndarray[Any, Any], q: float) -> np.ndarray[Any, Any]:
+    """Per row of ``values``, the ``q`` quantile of its non-NaN values (NaN if none).
+
+    Linear interpolation between the closest ranks, as DuckDB's ``quantile_cont``.
+
+    >>> _quantile_rows(np.array([[1.0, 2.0, 3.0, np.nan], [np.nan] * 4]), 0.5).tolist()
+    [2.0, nan]
+    """
+    ordered = np.sort(values, axis=1)  # NaN last
+    valid = np.sum(~np.isnan(values), axis=1)
+    position = np.maximum(valid - 1, 0) * q
+    low = np.floor(position).astype(np.int64)
+    high = np.ceil(position).astype(np.int64)
+    rows = np.arange(values.shape[0])
+    lo, hi = ordered[rows, low], ordered[rows, high]
+    result = lo + (hi - lo) * (position - low)
+    return np.where(valid > 0, result, np.nan)
+
+
 def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
                       mechanisms: Mapping[str, Any], derived: list[int], *,
                       unclamped: bool) -> dict[int, list[float | None]]:
-    """Per released row, the 95 % half-width of each derived output (see the module doc)."""
+    """Per released row, the 95 % half-width of each derived output (see the module doc).
+
+    The spread is simulated on the release with nothing clamped (a variance may be
+    negative, a root signed: ``OutputColumn.spread_sql``): clamping a value towards
+    the non-negative truth only brings it closer, so the interval of the unclamped
+    value covers the released one. The simulated measurements are drawn in numpy; an
+    output that is a guarded ratio of two of them (``AVG``) is evaluated in numpy, any
+    other by DuckDB over the simulated rows.
+    """
     rows = answer.column("__row").to_pylist()
     if not rows or not derived:
         return {i: [None] * len(rows) for i in derived}
@@ -218,27 +327,74 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
     samples = int(min(2000, max(200, 200_000 // len(rows))))
     digest = hashlib.sha256(repr(base.to_pydict()).encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    simulated: dict[str, np.ndarray[Any, Any]] = {}
+    read = {name for i in derived for name in query.outputs[i].measures}
+    for m in query.measures:
+        if m.kind == "keys" or m.name not in base.column_names or m.name not in read:
+            continue  # only the measurements the derived outputs read are simulated
+        scale = float(mechanisms[m.name].scale)
+        values = pc.cast(base.column(m.name), pa.float64()).to_numpy(zero_copy_only=False)
+        values = np.repeat(values, samples) + rng.laplace(0.0, scale, size=len(rows) * samples)
+        if m.kind == "count" and not unclamped:  # as released: whole and at least 0
+            values = np.maximum(np.rint(values), 0.0)
+            values = np.where(np.isfinite(values) & (np.abs(values) < 2.0 ** 62), values, np.nan)
+        simulated[m.name] = values
+    out: dict[int, list[float | None]] = {}
+    general = []
+    for i in derived:
+        parts = _ratio_parts(_spread_sql(query, i))
+        if parts is None or not all(p in simulated for p in parts):
+            general.append(i)
+            continue
+        ratio = _ratio(*(simulated[p] for p in parts))
+        observed = _ratio(*(pc.cast(base.column(p), pa.float64()).to_numpy(zero_copy_only=False)
+                            for p in parts))
+        spread = np.abs(ratio.reshape(len(rows), samples) - observed[:, None])
+        spread[~np.isfinite(spread)] = np.nan
+        widths = _quantile_rows(spread, 0.95)
+        out[i] = [float(w) if math.isfinite(w) else None for w in widths]
+    if general:
+        out.update(_duckdb_widths(query, base, answer, simulated, samples, general,
+                                  unclamped=unclamped))
+    return out
+
+
+def _spread_sql(query: DpQuery, i: int) -> str:
+    """What output ``i``'s interval is simulated on (see :func:`_simulated_widths`)."""
+    output = query.outputs[i]
+    return output.spread_sql or output.sql
+
+
+def _ratio(numerator: np.ndarray[Any, Any], denominator: np.ndarray[Any, Any]
+           ) -> np.ndarray[Any, Any]:
+    """A guarded ratio as DuckDB computes it: NaN (NULL) unless the denominator is > 0.
+
+    >>> _ratio(np.array([1.0, 1.0, 1.0]), np.array([4.0, 0.0, np.nan])).tolist()
+    [0.25, nan, nan]
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / denominator, np.nan)
+
+
+def _duckdb_widths(query: DpQuery, base: pa.Table, answer: pa.Table,
+                   simulated: Mapping[str, np.ndarray[Any, Any]], samples: int,
+                   derived: list[int], *, unclamped: bool) -> dict[int, list[float | None]]:
+    """The bootstrap widths of ``derived`` outputs, evaluated by DuckDB."""
+    rows = answer.column("__row").to_pylist()
     repeated = base.take(pa.array(np.repeat(np.arange(len(rows)), samples)))
     columns = {name: repeated.column(name) for name in repeated.column_names}
-    for m in query.measures:
-        if m.kind == "keys" or m.name not in columns:
-            continue
-        scale = float(mechanisms[m.name].scale)
-        values = pc.cast(columns[m.name], pa.float64()).to_numpy(zero_copy_only=False)
-        values = values + rng.laplace(0.0, scale, size=len(values))
-        if m.kind == "count":
-            columns[m.name] = _counts(values, unclamped=unclamped)
+    for name, values in simulated.items():
+        kind = _mechanism_of(query, name).kind
+        if kind == "count" and not unclamped:
+            ok = ~np.isnan(values)
+            columns[name] = pa.array(np.where(ok, values, 0).astype(np.int64), mask=~ok)
         else:
-            columns[m.name] = pa.array(values)
-    simulated = pa.table(columns)
-    # The spread is simulated on the release with nothing clamped (a variance may be
-    # negative, a root signed): clamping a value towards the non-negative truth only
-    # brings it closer, so the interval of the unclamped value covers the released one.
-    items = ["__row"] + [f"{query.outputs[i].spread_sql or query.outputs[i].sql} AS s{i}"
-                         for i in derived]
+            columns[name] = pa.array(values)
+    table_in = pa.table(columns)
+    items = ["__row"] + [f"{_spread_sql(query, i)} AS s{i}" for i in derived]
     cur = _cursor()
     try:
-        cur.register("simulated", simulated)
+        cur.register("simulated", table_in)
         cur.register("base", base)
         spreads = ", ".join(
             f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.s{i} AS DOUBLE)), 0.95) AS w{i}"

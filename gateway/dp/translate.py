@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import functools
 import math
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,9 @@ _GUARDED = "stockade_guarded"
 _POSITIVE = "stockade_positive"  # the "noisy denominator > 0" test of a ratio
 #: Marker of "at least 0" (a variance); dropped when parts are released unclamped.
 NONNEG = "__stockade_nonneg"
+#: Where the relation's template names the table the policy subquery reads (random per
+#: process; :func:`snapshot_relation` checks that it occurs exactly once).
+_SOURCE = f'"__stockade_source_{uuid.uuid4().hex}"'
 
 _AGGREGATES: dict[type[exp.Expr], str] = {
     exp.Count: "COUNT",
@@ -185,6 +189,9 @@ class DpQuery:
     public_key_types: tuple[str, ...] = ()  # DuckDB type of each grouping column
     #: Relation columns holding integer values (their sums are whole numbers).
     integer_values: frozenset[str] = field(default_factory=frozenset)
+    #: ``relation_sql`` with the table it reads written as a marker (see
+    #: :func:`snapshot_relation`); empty when not made.
+    relation_template: str = ""
 
     @property
     def censored(self) -> bool:
@@ -543,7 +550,7 @@ def translate(
             raise _refuse("LIMIT takes a number in dp mode", limit_node)
         limit = int(count.name)
 
-    relation = _relation(select, access, source, list(visible), principal, tr)
+    relation, template = _relation(select, access, source, list(visible), principal, tr)
     bounds = tuple(
         (v, *tr._bounds(c)) for c, v in tr.values.items()
     )
@@ -565,6 +572,7 @@ def translate(
         public_keys=public,
         public_key_types=_key_types(tr) if public is not None else (),
         integer_values=frozenset(v for c, v in tr.values.items() if tr._integer(c)),
+        relation_template=template,
     )
     from gateway.dp.aggregate import aggregate_sql
 
@@ -597,7 +605,9 @@ def _relation(
     visible: list[str],
     principal: Principal,
     tr: _Translator,
-) -> str:
+) -> tuple[str, str]:
+    """The relation's SQL, and the same with the table it reads as ``_SOURCE`` ("" if
+    that cannot be made)."""
     inner = policy_subquery(access, source, visible, principal)
     if access.privacy_unit:
         unit = {c.lower(): c for c in source}.get(access.privacy_unit.lower())
@@ -633,7 +643,42 @@ def _relation(
     where = select.args.get("where")
     if where is not None:
         outer = outer.where(requalify(where.this), copy=False)
-    return outer.sql(dialect="duckdb", identify=True)
+    found = inner.args.get("from_")
+    table = found.this if found is not None else None
+    if isinstance(table, exp.Table) and not table.alias and not table.catalog:
+        reference = table.sql(dialect="duckdb", identify=True)
+        marker = exp.Table(this=exp.to_identifier(_SOURCE[1:-1], quoted=True))
+        table.replace(marker)
+        template = outer.sql(dialect="duckdb", identify=True)
+        if template.count(_SOURCE) == 1:
+            return template.replace(_SOURCE, reference), template
+        marker.replace(table)  # the marker is also in a literal: no template
+    return outer.sql(dialect="duckdb", identify=True), ""
+
+
+def snapshot_relation(query: DpQuery, snapshot: str) -> str:
+    """``query``'s relation reading the table reference ``snapshot`` instead of its table.
+
+    From the relation's template when the marker occurs in it exactly once (the
+    place the generator wrote for the table: a marker that also occurs in a literal
+    makes two), else by :func:`over_snapshot`, which parses the relation. Both give
+    the same SQL.
+
+    >>> from policy.access import TableAccess
+    >>> q = DpQuery(access=TableAccess("d", "t", "dp"), relation_sql='SELECT "__r"."x" FROM '
+    ...             '(SELECT "t"."x" FROM "d"."t") AS "__r"', aggregate_sql="", keys=(),
+    ...             measures=(), outputs=(), having=None, order=(), limit=None, bounds=(),
+    ...             grouped=False, normalized="", relation_template='SELECT "__r"."x" FROM '
+    ...             f'(SELECT "t"."x" FROM {_SOURCE}) AS "__r"')
+    >>> snapshot_relation(q, '"s"."main"."b"') == over_snapshot(q.relation_sql, "d", "t",
+    ...                                                         '"s"."main"."b"')
+    True
+    """
+    access = query.access
+    if query.relation_template.count(_SOURCE) == 1:
+        alias = '"' + access.table.replace('"', '""') + '"'
+        return query.relation_template.replace(_SOURCE, f"{snapshot} AS {alias}")
+    return over_snapshot(query.relation_sql, access.dataset, access.table, snapshot)
 
 
 @functools.lru_cache(maxsize=1024)
