@@ -47,6 +47,7 @@ from gateway.errors import (
     StockadeError,
 )
 from gateway.retiring import Retiring
+from policy.totality import DISABLED_OPTIMIZERS
 
 log = logging.getLogger("stockade.engine")
 
@@ -303,6 +304,10 @@ class Engine(Retiring):
                 f"SET allowed_directories = [{', '.join(string_literal(d) for d in dirs)}]",
                 "SET enable_external_access = false",
                 "SET allow_community_extensions = false",
+                # They raise errors outside the TRY(...) that makes a dp
+                # expression total (policy.totality).
+                "SET disabled_optimizers = "
+                f"{string_literal(','.join(DISABLED_OPTIMIZERS))}",
                 "SET lock_configuration = true",
             ):
                 con.execute(statement)
