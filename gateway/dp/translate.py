@@ -28,6 +28,7 @@ or spelling work.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -39,6 +40,7 @@ from policy.locate import location
 from policy.principal import Principal
 from policy.rules.apply_table_policy import policy_subquery
 from policy.schema import Catalog, Schemas, access_for, columns_for
+from policy.totality import check_total, make_total
 
 #: The name SmartNoise sees for the relation.
 RELATION = "dp.rel"
@@ -251,7 +253,6 @@ def translate(
             f"Table '{access.qualified_name}' is in '{access.mode}' mode for your role, "
             "not 'dp'"
         )
-    source = list(columns_for(schemas, access))
     visible = dict(visible_columns(access, columns_for(schemas, access)))
     tr = _Translator(access, visible)
 
@@ -307,7 +308,8 @@ def translate(
             raise _refuse("LIMIT takes a number in dp mode", limit)
         sql += f" LIMIT {int(count.name)}"
 
-    relation = _relation(select, access, source, list(visible), principal, tr)
+    relation = _relation(select, access, columns_for(schemas, access), list(visible),
+                         principal, tr)
     bounds = tuple(
         (v, access.columns[c].lower if c in access.columns else None,
          access.columns[c].upper if c in access.columns else None)
@@ -329,12 +331,21 @@ def translate(
 def _relation(
     select: exp.Select,
     access: TableAccess,
-    source: list[str],
+    source_types: Mapping[str, str],
     visible: list[str],
     principal: Principal,
     tr: _Translator,
 ) -> str:
+    """The DuckDB SQL of the relation (see the module doc).
+
+    Every expression in it that reads rows (the owner's masks and row filters,
+    the analyst's ``WHERE`` and grouping expressions) is checked and made total
+    (:mod:`policy.totality`): the query either is refused here, before any data
+    is read, or cannot fail on one person's value.
+    """
+    source = list(source_types)
     inner = policy_subquery(access, source, visible, principal)
+    _total_policy(inner, access, source_types)
     if access.privacy_unit:
         unit = {c.lower(): c for c in source}.get(access.privacy_unit.lower())
         if unit is None:
@@ -346,6 +357,9 @@ def _relation(
             exp.alias_(exp.column(unit, table=access.table, quoted=True), _RAW_UNIT, quoted=True),
             append=True, copy=False,
         )
+    masked = {m.lower() for m in access.masks}
+    # The types the analyst's expressions see: a masked column's is the mask's.
+    types = {c.lower(): t for c, t in source_types.items() if c.lower() not in masked}
 
     def requalify(node: exp.Expr) -> exp.Expr:
         node = node.copy()
@@ -360,7 +374,8 @@ def _relation(
         projections.append(exp.alias_(exp.column(column, table=_ALIAS, quoted=True), name))
     for node, name in tr.keys:
         if not isinstance(node, exp.Column):
-            projections.append(exp.alias_(requalify(node), name))
+            check_total(node, types=types)
+            projections.append(exp.alias_(requalify(make_total(node, types=types)), name))
     if not projections:
         projections.append(exp.alias_(exp.Literal.number(1), "one"))
     outer = exp.select(*projections).from_(
@@ -368,5 +383,25 @@ def _relation(
     )
     where = select.args.get("where")
     if where is not None:
-        outer = outer.where(requalify(where.this), copy=False)
+        check_total(where.this, types=types)
+        condition = make_total(where.this, types=types, predicate=True)
+        outer = outer.where(requalify(condition), copy=False)
     return outer.sql(dialect="duckdb", identify=True)
+
+
+def _total_policy(inner: exp.Select, access: TableAccess,
+                  source_types: Mapping[str, str]) -> None:
+    """Make the owner's masks and row filters in ``inner`` total, in place."""
+    types = {c.lower(): t for c, t in source_types.items()}
+    for projection in inner.expressions:
+        if isinstance(projection, exp.Alias) and not isinstance(projection.this, exp.Column):
+            check_total(projection.this, types=types,
+                        what=f"The mask of column '{projection.alias}' of table "
+                             f"'{access.qualified_name}' (the data owner must fix the policy)")
+            projection.set("this", make_total(projection.this, types=types))
+    where = inner.args.get("where")
+    if where is not None:
+        check_total(where.this, types=types,
+                    what=f"A row filter of table '{access.qualified_name}' (the data owner "
+                         "must fix the policy)")
+        where.set("this", make_total(where.this, types=types, predicate=True))
