@@ -18,13 +18,13 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
+from policy.calls import duckdb_call
 from policy.totality import (
     DISABLED_OPTIMIZERS,
     ESCAPES_TRY,
     MAX_REPEAT,
     PartialFunctionError,
     check_total,
-    duckdb_call,
     make_total,
 )
 
