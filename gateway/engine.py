@@ -61,6 +61,7 @@ from gateway.snapshots import (
     ContributionBound,
     SnapshotChange,
 )
+from policy.totality import DISABLED_OPTIMIZERS
 
 log = logging.getLogger("stockade.engine")
 
@@ -395,6 +396,10 @@ class Engine(Retiring):
                 f"SET allowed_directories = [{', '.join(string_literal(d) for d in dirs)}]",
                 "SET enable_external_access = false",
                 "SET allow_community_extensions = false",
+                # They raise errors outside the TRY(...) that makes a dp
+                # expression total (policy.totality).
+                "SET disabled_optimizers = "
+                f"{string_literal(','.join(DISABLED_OPTIMIZERS))}",
                 "SET lock_configuration = true",
             ):
                 con.execute(statement)

@@ -166,27 +166,24 @@ ORACLES = [
                  id="rare-key-censored"),
 ]
 
-TOTALITY = pytest.mark.xfail(strict=True, raises=AssertionError,
-                             reason="needs plan-time totality checks (branch totality)")
-
-#: The same, raised while the data is read (outside TRY): on main the added person's
-#: row turns a success into FAILED_AFTER_CHARGE. They pass once functions that can
-#: raise on data values are refused at plan time or evaluated under TRY.
+#: The same, raised while the data is read: without plan-time totality checks the added
+#: person's row turns a success into FAILED_AFTER_CHARGE. Functions that can raise on
+#: data values are refused at plan time or evaluated under TRY (policy.totality).
 DATA_ERRORS = [
     pytest.param("SELECT COUNT(*) AS n FROM clinic.people WHERE CAST(code AS INTEGER) > 0",
-                 id="cast-text", marks=TOTALITY),
+                 id="cast-text"),
     pytest.param("SELECT COUNT(*) AS n FROM clinic.people WHERE CAST(age AS SMALLINT) % 2 = 0",
-                 id="cast-overflow", marks=TOTALITY),
+                 id="cast-overflow"),
     pytest.param("SELECT COUNT(*) AS n FROM clinic.people WHERE (age * 100000) % 7 >= 0",
-                 id="arithmetic-overflow", marks=TOTALITY),
+                 id="arithmetic-overflow"),
     pytest.param("SELECT COUNT(*) AS n FROM clinic.people WHERE timezone(tz, ts) IS NOT NULL",
-                 id="timezone-echo", marks=TOTALITY),
+                 id="timezone-echo"),
     pytest.param("SELECT COUNT(*) AS n FROM clinic.people "
                  "WHERE regexp_matches(code, replace(diag, '/', '('))",
-                 id="regexp-echo", marks=TOTALITY),
+                 id="regexp-echo"),
     pytest.param("SELECT CAST(code AS INTEGER) % 2 AS parity, COUNT(*) AS n "
                  "FROM clinic.people GROUP BY CAST(code AS INTEGER) % 2",
-                 id="group-key-cast", marks=TOTALITY),
+                 id="group-key-cast"),
 ]
 
 
@@ -351,15 +348,17 @@ def test_whole_number_intervals_cover_what_they_report(
         draws: Callable[[float], dict[str, Coverage]], epsilon: float, column: str) -> None:
     # A whole-number answer reports the smallest whole half-width covering at least
     # 95 %, and that coverage (ci95_coverage): the measured rate must be at least
-    # 95 % - 1.5 and equal to the reported one within 3 standard errors.
+    # 95 % - 1.5 and equal to the reported one within 4 standard errors (a false alarm
+    # in 1 of 16,000 cells: 6 cells per run, so about 1 run in 2,700; at 3 SE it was 1
+    # run in 60).
     found = draws(epsilon)[column]
     assert found.draws >= 2000 and len(found.reported) == found.draws
     claimed = found.claimed
     se = math.sqrt(claimed * (1 - claimed) / found.draws)
     assert found.rate >= 0.95 - 0.015
-    assert abs(found.rate - claimed) <= 3 * se, (
+    assert abs(found.rate - claimed) <= 4 * se, (
         f"{column} at ε {epsilon}: {100 * found.rate:.2f} % of {found.draws} intervals "
-        f"hold the truth, {100 * claimed:.2f} % reported (3 SE = {300 * se:.2f})")
+        f"hold the truth, {100 * claimed:.2f} % reported (4 SE = {400 * se:.2f})")
 
 
 # -- 6. NULL, not 0 -------------------------------------------------------------------

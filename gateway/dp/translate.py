@@ -66,6 +66,7 @@ from __future__ import annotations
 import functools
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ from policy.locate import location
 from policy.principal import Principal
 from policy.rules.apply_table_policy import policy_subquery
 from policy.schema import Catalog, Schemas, access_for, columns_for
+from policy.totality import check_total, make_total
 
 #: The name shown for the relation in the aggregate SQL people read (explain, audit).
 RELATION = "dp.rel"
@@ -490,7 +492,6 @@ def translate(
             f"Table '{access.qualified_name}' is in '{access.mode}' mode for your role, "
             "not 'dp'"
         )
-    source = list(columns_for(schemas, access))
     visible = dict(visible_columns(access, columns_for(schemas, access)))
     tr = _Translator(access, visible, centred=centred)
 
@@ -550,7 +551,8 @@ def translate(
             raise _refuse("LIMIT takes a number in dp mode", limit_node)
         limit = int(count.name)
 
-    relation, template = _relation(select, access, source, list(visible), principal, tr)
+    relation, template = _relation(select, access, columns_for(schemas, access), list(visible),
+                                   principal, tr)
     bounds = tuple(
         (v, *tr._bounds(c)) for c, v in tr.values.items()
     )
@@ -601,14 +603,22 @@ def _key_types(tr: _Translator) -> tuple[str, ...]:
 def _relation(
     select: exp.Select,
     access: TableAccess,
-    source: list[str],
+    source_types: Mapping[str, str],
     visible: list[str],
     principal: Principal,
     tr: _Translator,
 ) -> tuple[str, str]:
-    """The relation's SQL, and the same with the table it reads as ``_SOURCE`` ("" if
-    that cannot be made)."""
+    """The DuckDB SQL of the relation (see the module doc), and the same with the table
+    it reads as ``_SOURCE`` ("" if that cannot be made).
+
+    Every expression in it that reads rows (the owner's masks and row filters,
+    the analyst's ``WHERE`` and grouping expressions) is checked and made total
+    (:mod:`policy.totality`): the query either is refused here, before any data
+    is read, or cannot fail on one person's value.
+    """
+    source = list(source_types)
     inner = policy_subquery(access, source, visible, principal)
+    _total_policy(inner, access, source_types)
     if access.privacy_unit:
         unit = {c.lower(): c for c in source}.get(access.privacy_unit.lower())
         if unit is None:
@@ -620,6 +630,9 @@ def _relation(
             exp.alias_(exp.column(unit, table=access.table, quoted=True), _RAW_UNIT, quoted=True),
             append=True, copy=False,
         )
+    masked = {m.lower() for m in access.masks}
+    # The types the analyst's expressions see: a masked column's is the mask's.
+    types = {c.lower(): t for c, t in source_types.items() if c.lower() not in masked}
 
     def requalify(node: exp.Expr) -> exp.Expr:
         node = node.copy()
@@ -634,7 +647,8 @@ def _relation(
         projections.append(exp.alias_(exp.column(column, table=_ALIAS, quoted=True), name))
     for node, name in tr.keys:
         if not isinstance(node, exp.Column):
-            projections.append(exp.alias_(requalify(node), name))
+            check_total(node, types=types)
+            projections.append(exp.alias_(requalify(make_total(node, types=types)), name))
     if not projections:
         projections.append(exp.alias_(exp.Literal.number(1), "one"))
     outer = exp.select(*projections).from_(
@@ -642,7 +656,9 @@ def _relation(
     )
     where = select.args.get("where")
     if where is not None:
-        outer = outer.where(requalify(where.this), copy=False)
+        check_total(where.this, types=types)
+        condition = make_total(where.this, types=types, predicate=True)
+        outer = outer.where(requalify(condition), copy=False)
     found = inner.args.get("from_")
     table = found.this if found is not None else None
     if isinstance(table, exp.Table) and not table.alias and not table.catalog:
@@ -654,6 +670,24 @@ def _relation(
             return template.replace(_SOURCE, reference), template
         marker.replace(table)  # the marker is also in a literal: no template
     return outer.sql(dialect="duckdb", identify=True), ""
+
+
+def _total_policy(inner: exp.Select, access: TableAccess,
+                  source_types: Mapping[str, str]) -> None:
+    """Make the owner's masks and row filters in ``inner`` total, in place."""
+    types = {c.lower(): t for c, t in source_types.items()}
+    for projection in inner.expressions:
+        if isinstance(projection, exp.Alias) and not isinstance(projection.this, exp.Column):
+            check_total(projection.this, types=types,
+                        what=f"The mask of column '{projection.alias}' of table "
+                             f"'{access.qualified_name}' (the data owner must fix the policy)")
+            projection.set("this", make_total(projection.this, types=types))
+    where = inner.args.get("where")
+    if where is not None:
+        check_total(where.this, types=types,
+                    what=f"A row filter of table '{access.qualified_name}' (the data owner "
+                         "must fix the policy)")
+        where.set("this", make_total(where.this, types=types, predicate=True))
 
 
 def snapshot_relation(query: DpQuery, snapshot: str) -> str:
