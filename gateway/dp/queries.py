@@ -230,8 +230,11 @@ class PrivateQueries:
     def _priced_plan(self, plan: DpPlan) -> _Priced:
         """Mechanisms and cost of ``plan`` (memoised per query, ε and δ)."""
         q = plan.query
+        # The answer's shape is in the key too: the entry keeps the checked answer schema,
+        # whose names are the analyst's (``count(*) AS n`` and ``AS m`` measure the same).
         key = (q.aggregate_sql, q.relation_sql, repr(plan.epsilon), repr(plan.delta),
-               q.access.max_rows_per_unit, q.access.privacy_unit is not None)
+               q.access.max_rows_per_unit, q.access.privacy_unit is not None,
+               q.outputs, q.having, q.order, q.limit)
         with self._lock:
             found = self._priced.get(key)
             if found is not None:
