@@ -65,6 +65,7 @@ from policy.model import Policy
 from policy.principal import Principal
 from policy.rules.check_costs import check_costs
 from policy.rules.check_functions import check_functions
+from policy.rules.check_types import check_types
 from policy.rules.parse import parse
 from policy.rules.qualify_columns import qualify_columns
 from policy.rules.resolve_tables import resolve_tables
@@ -87,7 +88,8 @@ FAILED_AFTER_CHARGE = (
     "keys, and check the cost first with stockade.cost."
 )
 
-_RULES = (validate_statement, resolve_tables, check_functions, check_costs, qualify_columns)
+_RULES = (validate_statement, resolve_tables, check_functions, check_types, check_costs,
+          qualify_columns)
 
 
 class DpFailedError(QueryFailedError):
