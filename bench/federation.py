@@ -152,6 +152,7 @@ def _prepare_domain(index: int, data: Path) -> Path:
     (root / "policy.yaml").write_text(POLICY.format(name=f"domain_{index}", path=data))
     store = StateStore(root / "state")
     try:
+        store.set_domain_name(f"domain_{index}")  # so the user can log in through the network
         try:
             store.get_user(USER)
             store.set_password(USER, PASSWORD)

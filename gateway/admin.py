@@ -10,6 +10,10 @@ bodies and results. Every action declares whether it changes something
 recorded. The owner's audit, status and policy actions live in
 :mod:`gateway.admin_audit` and :mod:`gateway.admin_policy`.
 
+Analyst actions resolve dataset names with :mod:`gateway.visible`: a dataset the
+caller may not read gets the same answer as one that does not exist, and
+suggestions come from what they can see.
+
 Requests (for budget or access) live in the state store's ``requests`` table.
 Approving a budget request adds its ε/δ to the user's allowance in the same
 transaction that marks it approved, so a request is never half-applied.
@@ -44,6 +48,7 @@ from gateway.errors import (
 from gateway.flightsql.server import json_body
 from gateway.ledger import DELTA_UNIT, EPSILON_UNIT, Cost, to_units
 from gateway.state import User, validate_attributes
+from gateway.visible import hint, no_budget_message, seen_dataset, seen_modes
 from policy.access import catalog_for
 from policy.model import MODES, Budget
 from policy.principal import Principal
@@ -210,6 +215,7 @@ def _bool(body: Mapping[str, Any], key: str) -> bool | None:
 
 
 def _dataset(domain: Domain, body: Mapping[str, Any]) -> str:
+    """A dataset of the policy, for owner actions (analyst ones: :mod:`gateway.visible`)."""
     name = _required_text(body, "dataset")
     if name not in domain.policy.datasets:
         raise InputError(
@@ -260,14 +266,6 @@ def _iso(seconds: float | None) -> str | None:
 
 def _principal(user: User) -> Principal:
     return Principal(user.name, user.role, user.attributes)
-
-
-def _modes(domain: Domain, principal: Principal) -> dict[str, str]:
-    """Dataset → the caller's mode on it (the first table's, as grants are per dataset)."""
-    out: dict[str, str] = {}
-    for (dataset, _table), access in sorted(catalog_for(domain.policy, principal).items()):
-        out.setdefault(dataset, access.mode)
-    return out
 
 
 def _dp_default(domain: Domain, principal: Principal, dataset: str) -> Budget | None:
@@ -345,7 +343,8 @@ def whoami(domain: Domain, principal: Principal, body: dict[str, Any]) -> dict[s
     return {"user": principal.user, "role": principal.role,
             "admin": is_admin(domain, principal),
             "attributes": dict(principal.attributes),
-            "datasets": [{"dataset": d, "mode": m} for d, m in _modes(domain, principal).items()],
+            "datasets": [{"dataset": d, "mode": m}
+                         for d, m in seen_modes(domain.policy, principal).items()],
             "budgets": domain.budgets(principal)}
 
 
@@ -355,16 +354,14 @@ def whoami(domain: Domain, principal: Principal, body: dict[str, Any]) -> dict[s
 def request_budget(domain: Domain, principal: Principal, body: dict[str, Any]
                    ) -> dict[str, Any]:
     check_fields(body, ("dataset", "epsilon", "delta", "reason"))
-    dataset = _dataset(domain, body)
+    name = _required_text(body, "dataset")
     epsilon = _amount(body, "epsilon", required=True, positive=True)
     delta = _amount(body, "delta", required=False) or 0.0
     reason = _required_text(body, "reason", max_length=MAX_REASON_LENGTH)
-    if _modes(domain, principal).get(dataset) != "dp":
-        raise InputError(
-            f"Field 'dataset': you do not read '{dataset}' in dp mode, so it has no budget; "
-            "ask for access with stockade.request_access."
-        )
-    return _file_request(domain, principal, "budget", dataset, reason,
+    seen = seen_dataset(domain.policy, principal, name)
+    if seen.mode != "dp":
+        raise InputError(no_budget_message(seen, domain.policy, principal))
+    return _file_request(domain, principal, "budget", name, reason,
                          epsilon=epsilon, delta=delta)
 
 
@@ -374,7 +371,7 @@ def request_budget(domain: Domain, principal: Principal, body: dict[str, Any]
 def request_access(domain: Domain, principal: Principal, body: dict[str, Any]
                    ) -> dict[str, Any]:
     check_fields(body, ("dataset", "mode", "reason"))
-    dataset = _dataset(domain, body)
+    name = _required_text(body, "dataset")
     mode = _required_text(body, "mode")
     if mode not in REQUESTABLE_MODES:
         raise InputError(
@@ -382,7 +379,15 @@ def request_access(domain: Domain, principal: Principal, body: dict[str, Any]
             f"Modes: {', '.join(REQUESTABLE_MODES)}."
         )
     reason = _required_text(body, "reason", max_length=MAX_REASON_LENGTH)
-    return _file_request(domain, principal, "access", dataset, reason, mode=mode)
+    # Filed as written whatever it names: whether a dataset the caller cannot see
+    # exists is for the owner to know (requests.list), not the analyst.
+    out = _file_request(domain, principal, "access", name, reason, mode=mode)
+    if seen_dataset(domain.policy, principal, name).mode is None:
+        suggestion = hint(name, domain.policy, principal)
+        if suggestion:
+            out["note"] = (f"You see no dataset '{name}'.{suggestion} The request is filed "
+                           "as written.")
+    return out
 
 
 @_action("stockade.my_requests", "Your requests and their decisions", owner=False, audited=False)
@@ -505,14 +510,15 @@ def requests_list(domain: Domain, principal: Principal, body: dict[str, Any]
                   ) -> list[dict[str, Any]]:
     check_fields(body, ("status",))
     status = _text(body, "status", required=False)
-    if status is None:
-        return _requests(domain)
-    if status not in REQUEST_STATUSES:
+    if status is not None and status not in REQUEST_STATUSES:
         raise InputError(
             f"Field 'status': unknown status '{status}'."
             f"{did_you_mean(status, REQUEST_STATUSES)} Statuses: {', '.join(REQUEST_STATUSES)}."
         )
-    return _requests(domain, "status = ?", (status,))
+    rows = _requests(domain) if status is None else _requests(domain, "status = ?", (status,))
+    for row in rows:  # the owner sees what the analyst may not: is it a dataset at all?
+        row["dataset_in_policy"] = row["dataset"] in domain.policy.datasets
+    return rows
 
 
 @_action("stockade.requests.approve",
@@ -566,6 +572,10 @@ def requests_approve(domain: Domain, principal: Principal, body: dict[str, Any]
     out = _request_json(decided)
     if kind == "budget":
         out["budget"] = ledger.balance(user, dataset, default=default).to_json()
+    elif dataset not in domain.policy.datasets:
+        out["note"] = (f"'{dataset}' is not a dataset of the policy: approving records the "
+                       "decision only. Add the dataset and grant the mode to the user's role "
+                       "for access to follow.")
     else:
         out["note"] = ("Access follows the policy: grant the mode to the user's role "
                        "in the policy for it to take effect.")

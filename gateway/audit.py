@@ -295,9 +295,13 @@ class AuditLog:
                     raise TimeoutError("audit records are still being written")
                 self._cond.wait(left)
 
-    def login_failure(self, user: str, reason: str) -> None:
-        """Record a failed login (``reason`` as given by the authenticator)."""
-        self.append(LOGIN_FAILURE, str(user), {"reason": reason})
+    def login_failure(self, user: str, reason: str, address: str | None = None) -> None:
+        """Record a failed login (``reason`` as given by the authenticator, and the
+        client's ``address`` when the login was checked where it is known)."""
+        details: dict[str, Any] = {"reason": reason}
+        if address is not None:
+            details["address"] = address
+        self.append(LOGIN_FAILURE, str(user), details)
 
     def admin_action(self, user: str, role: str, action: str, body: Mapping[str, Any] | None,
                      error: str | None) -> int:

@@ -19,9 +19,18 @@ Wire a server like this::
 
 and read the caller in a handler with :func:`principal_from_context`.
 
-Repeated failed logins for one user name lock that name out for a growing
-delay (:class:`LoginThrottle`); the client sees the same message as for a
-wrong password.
+Failed logins are throttled per (account, client address)
+(:class:`gateway.throttle.LoginThrottle`): a guesser waits, the account's owner
+elsewhere does not. pyarrow tells a handler the client's address
+(``context.peer()``) but not the middleware, and the Handshake has no handler of
+its own. So while an account has few recent failures, its logins are checked at
+once, in the middleware, as above. Once it has many (it is *guarded*), a Basic
+login is checked where the address is known: on a Handshake, the token is sent
+back unchecked and the login is decided by the first call that uses it; on any
+other call, by that call's handler (both through :meth:`AuthMiddleware.verify`).
+A wrong password then fails at that first call instead of at the Handshake, with
+the same message. Wrong user names, wrong passwords and disabled users get the
+same answer; an address that must wait is told how long.
 """
 
 from __future__ import annotations
@@ -30,19 +39,22 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.flight as flight
 
-from gateway.dialects import DIALECT_HEADER, EPSILON_HEADER
+from gateway.dialects import DIALECT_HEADER, DP_PARTS_HEADER, EPSILON_HEADER
 from gateway.errors import AuthenticationError
 from gateway.flight_errors import to_flight_error
-from gateway.state import WRONG_CREDENTIALS, LoginError, StateStore, User
+from gateway.passwords import new_token
+from gateway.state import LoginError, StateStore, User
+from gateway.throttle import LoginThrottle, client_address
 from policy.principal import Principal
 
 log = logging.getLogger("stockade.auth")
@@ -53,6 +65,17 @@ MALFORMED_HEADER = (
     "The authorization header is malformed: expected 'Basic <base64 of user:password>' "
     "or 'Bearer <token>'."
 )
+T = TypeVar("T")
+
+
+def throttled_message(wait_s: float) -> str:
+    """What an address that must wait before trying an account again is told.
+
+    >>> throttled_message(29.2)
+    'Too many failed logins for this user name from your address: try again in 30 s.'
+    """
+    return ("Too many failed logins for this user name from your address: "
+            f"try again in {math.ceil(wait_s)} s.")
 
 
 def principal_of(user: User) -> Principal:
@@ -65,94 +88,97 @@ def principal_of(user: User) -> Principal:
 
 
 class NoOpHandshake(flight.ServerAuthHandler):  # type: ignore[misc]
-    """Answers the Handshake and accepts every call; the middleware does the checking."""
+    """Answers the Handshake and accepts every call; the middleware does the checking.
+
+    The answer is one empty ``HandshakeResponse`` (what Arrow's Java server sends
+    when authentication is done by headers): some clients wait for a message
+    before they read the ``authorization`` header the middleware set.
+    """
 
     def authenticate(self, outgoing: Any, incoming: Any) -> None:
-        return None
+        if outgoing is not None:
+            outgoing.write(b"")
 
     def is_valid(self, token: bytes) -> bytes:
         return b""
 
 
-@dataclass
-class _Failures:
-    times: deque[float]
-    lockouts: int = 0
-    locked_until: float = field(default=float("-inf"))
+@dataclass(eq=False)
+class DeferredLogin:
+    """A Basic login to be checked where the client's address is known.
 
-
-class LoginThrottle:
-    """Counts failed logins per user name and locks a name out when they pile up.
-
-    After ``max_failures`` failures within ``window_s`` seconds the name is
-    refused for ``lockout_s`` seconds; each further failure while failures are
-    still recent doubles the delay, up to ``max_lockout_s``. A successful login
-    clears the name. At most ``max_entries`` names are remembered (least
-    recently failed ones are forgotten first), so memory stays bounded whatever
-    an attacker sends.
-
-    >>> now = [0.0]
-    >>> t = LoginThrottle(max_failures=2, lockout_s=10, clock=lambda: now[0])
-    >>> t.failure("bob"); t.allowed("bob")
-    True
-    >>> t.failure("bob"); t.allowed("bob")
-    False
-    >>> now[0] = 11.0; t.allowed("bob")
-    True
+    ``token`` is sent to the client before the check; it becomes valid only if
+    the check succeeds. :meth:`settle` runs the check once (concurrent calls
+    with the same token wait for it and get the same outcome) and forgets the
+    password.
     """
 
-    def __init__(
-        self,
-        *,
-        max_failures: int = 5,
-        window_s: float = 300.0,
-        lockout_s: float = 30.0,
-        max_lockout_s: float = 900.0,
-        max_entries: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.lockout_s = lockout_s
-        self.max_lockout_s = max_lockout_s
+    name: str
+    token: str
+    expires: float
+    _password: str | None = field(repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _settled: bool = field(default=False, repr=False)
+    _result: Any = field(default=None, repr=False)
+    _error: Exception | None = field(default=None, repr=False)
+
+    def settle(self, check: Callable[[str, str], T]) -> T:
+        """``check(name, password)``, run once; later calls get its result or error."""
+        with self._lock:
+            if not self._settled:
+                try:
+                    self._result = check(self.name, self._password or "")
+                except Exception as exc:
+                    self._error = exc
+                finally:
+                    self._settled = True
+                    self._password = None
+        if self._error is not None:
+            raise self._error
+        result: T = self._result
+        return result
+
+
+class DeferredLogins:
+    """Logins made on a Handshake while their account was guarded, until their next call.
+
+    Bounded (the oldest go first) and short-lived: a client uses its token at once.
+    """
+
+    def __init__(self, *, ttl_s: float = 60.0, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[str, _Failures] = OrderedDict()
+        self._entries: OrderedDict[str, DeferredLogin] = OrderedDict()
         self._lock = threading.Lock()
 
-    def allowed(self, name: str) -> bool:
-        """Whether a login attempt for ``name`` may be checked now."""
-        with self._lock:
-            entry = self._entries.get(name.lower())
-            return entry is None or self._clock() >= entry.locked_until
+    def new(self, name: str, password: str) -> DeferredLogin:
+        """A deferred login with a fresh token (not kept: see :meth:`keep`)."""
+        return DeferredLogin(name, new_token(), self._clock() + self.ttl_s, password)
 
-    def failure(self, name: str) -> None:
-        """Record a failed login for ``name``."""
-        key = name.lower()
+    def keep(self, login: DeferredLogin) -> None:
+        """Keep ``login`` until its token's next call; expired ones (oldest first) go now."""
         now = self._clock()
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = _Failures(deque(maxlen=self.max_failures))
-                self._entries[key] = entry
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
-            else:
-                self._entries.move_to_end(key)
-            while entry.times and entry.times[0] <= now - self.window_s:
-                entry.times.popleft()
-            if not entry.times:
-                entry.lockouts = 0
-            entry.times.append(now)
-            if len(entry.times) >= self.max_failures:
-                delay = min(self.lockout_s * 2**entry.lockouts, self.max_lockout_s)
-                entry.lockouts += 1
-                entry.locked_until = now + delay
+            while self._entries and next(iter(self._entries.values())).expires <= now:
+                self._entries.popitem(last=False)
+            self._entries[session_id(login.token)] = login
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
 
-    def success(self, name: str) -> None:
-        """Forget the failures of ``name`` after a successful login."""
+    def find(self, token: str) -> DeferredLogin | None:
+        key = session_id(token)
         with self._lock:
-            self._entries.pop(name.lower(), None)
+            login = self._entries.get(key)
+            if login is not None and login.expires <= self._clock():
+                del self._entries[key]
+                return None
+            return login
+
+    def discard(self, token: str) -> None:
+        with self._lock:
+            self._entries.pop(session_id(token), None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -165,28 +191,69 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
     back in the ``authorization`` response header. ``session_id`` identifies the
     login (a digest of its bearer token, never the token): a client that logs in
     once per connection, as ADBC and JDBC do, keeps it for the connection.
-    ``dialect`` and ``epsilon`` are the call's ``x-stockade-dialect`` and
-    ``x-stockade-epsilon`` headers, if any (pyarrow's call context has no header
-    accessor, so they are read here).
+    ``dialect``, ``epsilon`` and ``dp_parts`` are the call's ``x-stockade-dialect``,
+    ``x-stockade-epsilon`` and ``x-stockade-dp-parts`` headers, if any (pyarrow's
+    call context has no header accessor, so they are read here).
+
+    A middleware made with :meth:`deferred` knows its caller only once
+    :meth:`verify` has checked the login with the client's address; until then
+    ``user`` and ``principal`` refuse (so a handler that forgot to verify fails
+    closed).
     """
 
     def __init__(
         self,
-        user: User,
-        principal: Principal,
+        user: User | None,
+        principal: Principal | None,
         token: str | None = None,
         *,
         session_id: str | None = None,
         dialect: str | None = None,
         epsilon: str | None = None,
+        dp_parts: str | None = None,
     ) -> None:
         super().__init__()
-        self.user = user
-        self.principal = principal
+        self._user = user
+        self._principal = principal
         self.token = token
         self.session_id = session_id
         self.dialect = dialect
         self.epsilon = epsilon
+        self.dp_parts = dp_parts
+        self._pending: tuple[AuthMiddlewareFactory, DeferredLogin] | None = None
+
+    @classmethod
+    def deferred(cls, factory: AuthMiddlewareFactory, login: DeferredLogin, *,
+                 send_token: bool, dialect: str | None = None,
+                 epsilon: str | None = None, dp_parts: str | None = None) -> AuthMiddleware:
+        """A caller whose login ``factory`` checks at :meth:`verify`."""
+        middleware = cls(None, None, login.token if send_token else None,
+                         session_id=session_id(login.token), dialect=dialect, epsilon=epsilon,
+                         dp_parts=dp_parts)
+        middleware._pending = (factory, login)
+        return middleware
+
+    @property
+    def user(self) -> User:
+        if self._user is None:
+            raise AuthenticationError(AUTH_REQUIRED)
+        return self._user
+
+    @property
+    def principal(self) -> Principal:
+        if self._principal is None:
+            raise AuthenticationError(AUTH_REQUIRED)
+        return self._principal
+
+    def verify(self, peer: str) -> None:
+        """Check a deferred login now that the client's address (``context.peer()``) is known."""
+        if self._pending is None:
+            return
+        factory, login = self._pending
+        address = client_address(peer)
+        self._user, self._principal = login.settle(
+            lambda name, password: factory.check_deferred(login, password, address))
+        self._pending = None
 
     def sending_headers(self) -> dict[str, str]:
         if self.token is None:
@@ -194,7 +261,9 @@ class AuthMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         return {"authorization": f"Bearer {self.token}"}
 
     def __repr__(self) -> str:  # never print the token
-        return f"AuthMiddleware(user={self.user.name!r}, role={self.user.role!r})"
+        if self._user is None:
+            return "AuthMiddleware(unverified)"
+        return f"AuthMiddleware(user={self._user.name!r}, role={self._user.role!r})"
 
 
 def first_header(headers: Mapping[str, Any], key: str) -> str | None:
@@ -240,8 +309,11 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
 
     ``principal_for`` turns the stored user into the principal the policy sees
     (the gateway checks there that the role exists). ``on_login_failure(user,
-    reason)`` is called for each failed login, with ``reason`` one of
-    ``unknown_user``, ``wrong_password``, ``disabled``, ``locked_out``.
+    reason, address)`` is called for each failed login, with ``reason`` one of
+    ``unknown_user``, ``wrong_password``, ``disabled``, ``no_network_verifier`` (a
+    credential a network derived, for an account the store has no verifier for:
+    :mod:`gateway.state`), ``throttled``, and the client's address (None for a
+    login checked before the address is known).
     """
 
     def __init__(
@@ -250,8 +322,9 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         principal_for: Callable[[User], Principal],
         *,
         token_ttl_s: int = 3600,
-        on_login_failure: Callable[[str, str], None] | None = None,
+        on_login_failure: Callable[[str, str, str | None], None] | None = None,
         throttle: LoginThrottle | None = None,
+        deferred: DeferredLogins | None = None,
     ) -> None:
         super().__init__()
         self.store = store
@@ -259,14 +332,17 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         self.token_ttl_s = token_ttl_s
         self.on_login_failure = on_login_failure
         self.throttle = throttle if throttle is not None else LoginThrottle()
+        self.deferred = deferred if deferred is not None else DeferredLogins()
 
-    def start_call(self, info: flight.CallInfo, headers: Mapping[str, Any]) -> AuthMiddleware:
+    def start_call(self, info: flight.CallInfo | None, headers: Mapping[str, Any]
+                   ) -> AuthMiddleware:
         try:
-            return self._start(headers)
+            handshake = info is not None and info.method == flight.FlightMethod.HANDSHAKE
+            return self._start(headers, handshake=handshake)
         except Exception as exc:
             raise to_flight_error(exc) from None
 
-    def _start(self, headers: Mapping[str, Any]) -> AuthMiddleware:
+    def _start(self, headers: Mapping[str, Any], *, handshake: bool) -> AuthMiddleware:
         value = first_header(headers, "authorization")
         if not value or not value.strip():
             raise AuthenticationError(AUTH_REQUIRED)
@@ -274,49 +350,78 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         scheme = scheme.lower()
         dialect = first_header(headers, DIALECT_HEADER)
         epsilon = first_header(headers, EPSILON_HEADER)
+        dp_parts = first_header(headers, DP_PARTS_HEADER)
         if scheme == "bearer":
             token = credentials.strip()
+            login = self.deferred.find(token)
+            if login is not None:  # a Handshake's login, decided by this call
+                return AuthMiddleware.deferred(self, login, send_token=False, dialect=dialect,
+                                               epsilon=epsilon, dp_parts=dp_parts)
             user = self.store.user_for_token(token)
             return AuthMiddleware(user, self.principal_for(user),
                                   session_id=session_id(token), dialect=dialect,
-                                  epsilon=epsilon)
+                                  epsilon=epsilon, dp_parts=dp_parts)
         if scheme == "basic":
             name, password = decode_basic(credentials)
-            user = self._login(name, password)
+            if self.throttle.guarded(name):
+                login = self.deferred.new(name, password)
+                if handshake:  # no handler will see this call: the next one decides
+                    self.deferred.keep(login)
+                return AuthMiddleware.deferred(self, login, send_token=True, dialect=dialect,
+                                               epsilon=epsilon, dp_parts=dp_parts)
+            user = self._check(name, password, None)
             principal = self.principal_for(user)
             token = self.store.issue_token(user, self.token_ttl_s)
             return AuthMiddleware(user, principal, token,
                                   session_id=session_id(token), dialect=dialect,
-                                  epsilon=epsilon)
+                                  epsilon=epsilon, dp_parts=dp_parts)
         raise AuthenticationError(MALFORMED_HEADER)
 
-    def _login(self, name: str, password: str) -> User:
-        if not self.throttle.allowed(name):
-            self._failed(name, "locked_out")
-            raise AuthenticationError(WRONG_CREDENTIALS)
+    def check_deferred(self, login: DeferredLogin, password: str, address: str
+                       ) -> tuple[User, Principal]:
+        """Decide a deferred login from ``address``; its token becomes valid if it succeeds.
+
+        A refused one stays known until it expires, so each call that still uses
+        its token (ADBC goes on after a failed call) gets the same refusal.
+        """
+        wait = self.throttle.wait_s(login.name, address)
+        if wait > 0:
+            self._failed(login.name, "throttled", address)
+            raise AuthenticationError(throttled_message(wait))
+        user = self._check(login.name, password, address)
+        principal = self.principal_for(user)
+        self.store.issue_token(user, self.token_ttl_s, token=login.token)
+        self.deferred.discard(login.token)
+        return user, principal
+
+    def _check(self, name: str, password: str, address: str | None) -> User:
         try:
             user = self.store.authenticate(name, password)
         except LoginError as exc:
-            self.throttle.failure(name)
-            self._failed(name, exc.reason)
+            self.throttle.failure(name, address)
+            self._failed(name, exc.reason, address)
             raise
-        self.throttle.success(name)
+        self.throttle.success(name, address)
         return user
 
-    def _failed(self, name: str, reason: str) -> None:
-        log.info("login failed for %r: %s", name, reason)
+    def _failed(self, name: str, reason: str, address: str | None) -> None:
+        log.info("login failed for %r from %s: %s", name, address or "(not known yet)", reason)
         if self.on_login_failure is not None:
             try:
-                self.on_login_failure(name, reason)
+                self.on_login_failure(name, reason, address)
             except Exception:
                 log.exception("on_login_failure hook failed")
 
 
 def middleware_from_context(context: flight.ServerCallContext) -> AuthMiddleware:
-    """The auth middleware of the current call; unauthenticated error if none."""
+    """The auth middleware of the current call, its login checked; unauthenticated if none."""
     middleware = context.get_middleware(MIDDLEWARE_KEY)
-    if not isinstance(middleware, AuthMiddleware):
-        raise to_flight_error(AuthenticationError(AUTH_REQUIRED))
+    try:
+        if not isinstance(middleware, AuthMiddleware):
+            raise AuthenticationError(AUTH_REQUIRED)
+        middleware.verify(context.peer())
+    except Exception as exc:
+        raise to_flight_error(exc) from None
     return middleware
 
 

@@ -2,8 +2,9 @@
 
 ``stockade network --config network.yaml [--host H] [--port P]`` serves the
 network and prints ``listening on grpc://HOST:PORT``; ``stockade network status
---url URL`` prints each domain's health (no login needed) and exits 1 when a
-domain is not up.
+--url URL`` logs in to the network (``--user``, the password as for every ``--url``
+command: :mod:`gateway.cli_remote`), prints each domain's health and exits 1 when
+a domain is not up.
 
 >>> print(status_table({"network": "net", "domains": [
 ...     {"name": "a", "url": "grpc://h:1", "state": "up", "latency_ms": 1.5,
@@ -18,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.errors import ConfigError, InputError, UnavailableError
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.remote import GatewayClient
 
 
 def add_network_parser(sub: Any) -> None:
@@ -42,12 +45,11 @@ def add_network_parser(sub: Any) -> None:
     network_sub = network.add_subparsers(dest="network_command", metavar="ACTION")
     status = network_sub.add_parser(
         "status", help="show each domain's health as a running network sees it",
-        description="Ask a running network for its domains' health (no login needed). "
+        description="Log in to a running network and show its domains' health. "
                     "Exit 0 when every domain is up, 1 otherwise, 2 on an error.")
-    status.add_argument("--url", required=True, metavar="URL",
-                        help="the network, grpc://HOST:PORT or grpc+tls://HOST:PORT")
-    status.add_argument("--tls-ca", metavar="FILE",
-                        help="PEM file of the CA to trust for a grpc+tls:// network")
+    from gateway.cli_remote import add_remote_options
+
+    add_remote_options(status, required=True, kind="network")
     status.add_argument("--format", choices=("text", "json"), default="text")
     status.set_defaults(func=_cmd_status)
 
@@ -62,36 +64,9 @@ def _cmd_network(args: argparse.Namespace) -> int:
                  tls_key=args.tls_key)
 
 
-def fetch_status(url: str, tls_ca: str | None = None, timeout_s: float = 10.0) -> Any:
-    """The ``stockade.network.status`` answer of the network at ``url``."""
-    import pyarrow as pa
-    import pyarrow.flight as flight
-
-    from gateway.remote import clean_message, remote_error
-
-    kwargs: dict[str, Any] = {}
-    if tls_ca is not None:
-        try:
-            kwargs["tls_root_certs"] = Path(tls_ca).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"Cannot read --tls-ca {tls_ca}: {exc.strerror or exc}.") from None
-    try:
-        client = flight.FlightClient(url, **kwargs)
-    except (pa.ArrowException, ValueError) as exc:
-        raise InputError(f"Bad network URL {url!r}: use grpc://HOST:PORT or "
-                         f"grpc+tls://HOST:PORT ({exc}).") from None
-    try:
-        results = list(client.do_action(flight.Action("stockade.network.status", b"{}"),
-                                        flight.FlightCallOptions(timeout=timeout_s)))
-    except (flight.FlightError, pa.ArrowException) as exc:
-        error = remote_error(exc, url)
-        if isinstance(error, UnavailableError):
-            raise UnavailableError(f"Cannot reach the network at {url}: is it running? "
-                                   f"({clean_message(str(exc))})") from None
-        raise error from None
-    finally:
-        client.close()
-    return json.loads(results[0].body.to_pybytes())
+def fetch_status(client: GatewayClient) -> Any:
+    """The ``stockade.network.status`` answer of the network ``client`` is logged in to."""
+    return client.action("stockade.network.status")
 
 
 def status_table(status: dict[str, Any], *, now: float | None = None) -> str:
@@ -112,7 +87,10 @@ def status_table(status: dict[str, Any], *, now: float | None = None) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    status = fetch_status(args.url, args.tls_ca)
+    from gateway.cli_remote import connect
+
+    with connect(args, kind="network") as client:
+        status = fetch_status(client)
     if args.format == "json":
         print(json.dumps(status, indent=2))
     else:

@@ -58,6 +58,7 @@ from gateway.errors import (
     StockadeError,
     UnavailableError,
 )
+from gateway.limits import truncated_at
 from gateway.remote import clean_message
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -438,11 +439,18 @@ def _json_meta(meta: Mapping[bytes, bytes], key: str) -> Any:
 
 
 def privacy_footer(schema: pa.Schema) -> str:
-    """What a dp or federated answer's metadata says, for people; "" for other answers."""
+    """What an answer's metadata says, for people: its cut, its cost and noise, its domains.
+
+    "" for an answer whole and without noise.
+    """
     from gateway.cli_remote import format_table
 
     meta = schema.metadata or {}
     lines = []
+    cut = truncated_at(schema)
+    if cut is not None:
+        lines.append(f"truncated: the answer stops at {cut} rows, the most your role may "
+                     "fetch (max_rows); filter or aggregate, or ask the data owner for more")
     if DP + b"epsilon_spent" in meta:
         def value(key: str) -> float:
             return float(meta.get(DP + key.encode(), b"0"))

@@ -32,24 +32,26 @@ DEFAULT_USER = "owner"
 
 
 def add_remote_options(parser: argparse.ArgumentParser, *, required: bool = False,
-                       user_flag: bool = True, password_stdin: bool = True) -> None:
+                       user_flag: bool = True, password_stdin: bool = True,
+                       kind: str = "gateway") -> None:
     """Add ``--url``, ``--user``, ``--tls-ca`` and ``--password-stdin`` to ``parser``.
 
     ``user_flag=False`` for a command whose own ``--user`` means something else (the
     login name is then ``--login`` only); ``password_stdin=False`` for a command whose
     ``--password-stdin`` is the password it sets (the login password then comes from
-    ``$STOCKADE_PASSWORD`` or the terminal).
+    ``$STOCKADE_PASSWORD`` or the terminal). ``kind`` names what ``--url`` is
+    (``gateway`` or ``network``).
     """
-    group = parser.add_argument_group("a running gateway")
+    group = parser.add_argument_group(f"a running {kind}")
     group.add_argument("--url", metavar="URL", required=required,
-                       help="the gateway, grpc://HOST:PORT or grpc+tls://HOST:PORT"
+                       help=f"the {kind}, grpc://HOST:PORT or grpc+tls://HOST:PORT"
                             + ("" if required else " (instead of --data-dir)"))
     flags = ("--user", "--login") if user_flag else ("--login",)
     group.add_argument(*flags, dest="login_user", metavar="NAME",
                        help=f"log in as NAME (default: ${USER_ENV}, else {DEFAULT_USER})")
     parser.set_defaults(login_flags="/".join(flags))
     group.add_argument("--tls-ca", metavar="FILE",
-                       help="PEM file of the CA to trust for a grpc+tls:// gateway")
+                       help=f"PEM file of the CA to trust for a grpc+tls:// {kind}")
     if password_stdin:
         group.add_argument("--password-stdin", dest="login_password_stdin",
                            action="store_true",
@@ -117,11 +119,12 @@ def _tls_ca(args: argparse.Namespace) -> bytes | None:
         raise ConfigError(f"Cannot read --tls-ca {path}: {exc.strerror or exc}.") from None
 
 
-def connect(args: argparse.Namespace) -> GatewayClient:
-    """Log in to the gateway at ``args.url``."""
+def connect(args: argparse.Namespace, kind: str = "gateway") -> GatewayClient:
+    """Log in to the gateway (or network: ``kind``) at ``args.url``."""
     tls = _tls_ca(args)
     user = login_user(args)
-    return GatewayClient(args.url, user, login_password(args, user), tls_root_certs=tls)
+    return GatewayClient(args.url, user, login_password(args, user), tls_root_certs=tls,
+                         kind=kind)
 
 
 def run_action(args: argparse.Namespace, name: str, body: dict[str, Any] | None = None) -> Any:

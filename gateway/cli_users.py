@@ -169,8 +169,17 @@ def cmd_add(args: argparse.Namespace) -> int:
     password = _read_password(args)
     with StateStore(data_dir) as store:
         added = store.add_user(args.name, args.role, password, attributes)
+        _note_unnamed(store, added.name)
     print(f"Added user '{added.name}' with role '{added.role}'.")
     return 0
+
+
+def _note_unnamed(store: StateStore, name: str) -> None:
+    """Warn when the store cannot make the user's verifier for network logins."""
+    if store.domain_name() is None:
+        print(f"note: this domain's gateway has not started yet, so '{name}' can log in "
+              "through a network only after one direct login (the state store learns the "
+              "domain's name when its gateway starts).", file=sys.stderr)
 
 
 def _when(iso: str) -> str:
@@ -231,6 +240,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         with StateStore(_data_dir(args, must_exist=True)) as store:
             name = store.get_user(args.name).name  # fail before asking for a password
             store.set_password(name, _read_password(args))
+            _note_unnamed(store, name)
     print(f"Changed the password of '{name}'; their sessions are ended.")
     return 0
 

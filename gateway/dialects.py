@@ -45,6 +45,12 @@ DIALECT_OPTION = "stockade.dialect"
 #: ``adbc.flight.sql.session.option.stockade.epsilon``).
 EPSILON_HEADER = "x-stockade-epsilon"
 EPSILON_OPTION = "stockade.epsilon"
+#: The call header a network node sends on the parts of a federated query it asks a
+#: domain for: ``true`` releases a ``dp`` answer's noisy parts unclamped (counts
+#: neither rounded nor made non-negative, variances not made non-negative), so that
+#: the network clamps once, after merging the domains (see ``DpPlan.unclamped``).
+#: The parts are as private as the clamped answer and cost the same.
+DP_PARTS_HEADER = "x-stockade-dp-parts"
 #: What a leading options comment may set: ``/* dialect: postgres; epsilon: 0.5 */``.
 QUERY_OPTIONS = ("dialect", "epsilon", "delta")
 
@@ -138,6 +144,26 @@ def check_epsilon(value: object, *, what: str = "ε") -> float:
     if not (0 < number < float("inf")):
         raise InputError(f"{what} must be a positive number, not {value!r}")
     return number
+
+
+def check_flag(value: object, *, what: str) -> bool:
+    """A yes/no header or option: ``true``/``false`` (also ``1``/``0``, ``yes``/``no``).
+
+    >>> check_flag("True", what=DP_PARTS_HEADER), check_flag("0", what=DP_PARTS_HEADER)
+    (True, False)
+    >>> check_flag("maybe", what=DP_PARTS_HEADER)
+    Traceback (most recent call last):
+    ...
+    gateway.errors.InputError: x-stockade-dp-parts takes true or false, not 'maybe'
+    """
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise InputError(f"{what} takes true or false, not {value!r}")
 
 
 def resolve_dialect(

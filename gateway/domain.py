@@ -15,9 +15,9 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,12 +34,16 @@ from gateway.errors import (
     InputError,
     NotSupportedError,
     PermissionDeniedError,
+    QueryTimeoutError,
     StockadeError,
 )
 from gateway.ledger import Ledger
+from gateway.limits import Deadline, RequestLimits
+from gateway.parameters import Binding, Parameters, ParameterValues, bind
 from gateway.policy_state import LruCache as LruCache  # re-exported for gateway.server
 from gateway.policy_state import PolicyState, VisibleTable, no_parameters, redacting
 from gateway.policy_state import plan_key as plan_key  # re-exported
+from gateway.results import Answer, Execution, answer_key, look_ahead, marked
 from gateway.snapshots import ContributionBound
 from gateway.state import StateStore, User
 from policy.access import catalog_for, dp_units
@@ -65,12 +69,12 @@ class Domain:
     """
 
     def __init__(self, policy: Policy, engine: Engine, store: StateStore, *,
-                 text: str | None = None) -> None:
+                 text: str | None = None, limits: RequestLimits | None = None) -> None:
         self.started_at = time.time()  # for stockade.status
         self.store = store
         self.ledger = Ledger(store)
         self.audit = AuditLog(store)
-        self._state = PolicyState(policy, engine, self.ledger, text=text)
+        self._state = PolicyState(policy, engine, self.ledger, text=text, limits=limits)
         self._swap = threading.Lock()  # held for an instant: to take or to swap the state
         self._replacing = threading.Lock()  # one replacement at a time
         self._owns_store = True
@@ -82,14 +86,17 @@ class Domain:
         data_dir: str | Path,
         *,
         limits: EngineLimits | None = None,
+        request_limits: RequestLimits | None = None,
     ) -> Domain:
         """Load the policy, build and lock the engine, open the state store.
 
+        ``request_limits`` bound what one request may ask (:mod:`gateway.limits`).
+
         The policy's dataset caps (``budget_cap``) are applied to the ledger here,
         when a gateway starts (not in :meth:`__init__`, which the read-only policy
-        tools also use on a live state store), and the policy file's text is
-        recorded as a new version when it differs from the newest one
-        (see :mod:`gateway.policy_versions`).
+        tools also use on a live state store), the domain's name is recorded in the
+        store (:meth:`claim_name`), and the policy file's text is recorded as a new
+        version when it differs from the newest one (see :mod:`gateway.policy_versions`).
         """
         text, policy = read_policy_file(policy_path)
         data_dir = Path(data_dir)
@@ -102,7 +109,8 @@ class Domain:
             engine.close()
             raise
         try:
-            domain = cls(policy, engine, store, text=text)
+            domain = cls(policy, engine, store, text=text, limits=request_limits)
+            domain.claim_name()
             domain.ledger.apply_policy_caps(policy)
             domain._state.version = policy_versions.record_if_new(store, text, by="file")
             return domain
@@ -123,6 +131,20 @@ class Domain:
         if engine.work_dir.parent.name == ENGINES_DIR:
             shutil.rmtree(engine.work_dir, ignore_errors=True)
         self.store.close()
+
+    def claim_name(self) -> None:
+        """Record the policy's domain name in the state store.
+
+        The store checks the credentials networks derive for this domain against
+        that name (:mod:`gateway.network_keys`); the ``stockade users`` commands
+        read it there. Called by whoever serves the domain (not by :meth:`__init__`:
+        the policy tools open live stores under candidate policies).
+        """
+        before = self.store.set_domain_name(self.name)
+        if before is not None and before.lower() != self.name.lower():
+            log.warning("the domain's name changed from %r to %r: users log in through a "
+                        "network again after one direct login (or a new password)",
+                        before, self.name)
 
     # -- the live policy --------------------------------------------------------------
 
@@ -224,6 +246,8 @@ class Domain:
                 raise
             with self._swap:
                 self._state = new
+            if new.policy.domain.name != old.policy.domain.name:
+                self.claim_name()
         old.engine.retire()
         log.info("policy version %s by %s is live (was version %s)", new.version, by,
                  old.version)
@@ -288,20 +312,25 @@ class Domain:
         self,
         principal: Principal,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: ParameterValues = None,
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> pa.Schema:
         """The schema of ``sql``'s answer (a prepared statement, GetSchema).
 
-        Nothing runs; a refusal is audited.
+        Nothing runs; a refusal is audited. Planning counts against the role's
+        time limit. ``unclamped``: a dp answer's parts as a network node asks for
+        them (:class:`gateway.dp.queries.DpPlan`).
         """
         started = time.perf_counter()
         try:
             with self.pinned() as state:
-                return state.result_schema(principal, sql, parameters, dialect=dialect,
-                                           epsilon=epsilon)
+                deadline = Deadline(state.policy.limits_for(principal.role).timeout_s)
+                return state.result_schema(principal, sql, Parameters.of(parameters),
+                                           dialect=dialect, epsilon=epsilon, deadline=deadline,
+                                           unclamped=unclamped)
         except Exception as exc:
             self._audit(principal, sql, started, error=exc)
             raise
@@ -320,15 +349,18 @@ class Domain:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> DpPlan | None:
         """The dp plan of ``sql``, or None when it reads no ``dp`` table.
 
         ε and δ: a leading ``/* epsilon: …; delta: … */`` comment wins over
         ``epsilon`` (the session's or connection's), which wins over the grant's
-        ``epsilon_per_query``.
+        ``epsilon_per_query``. ``unclamped``: release the noisy parts unclamped
+        (see :class:`gateway.dp.queries.DpPlan`).
         """
         with self.pinned() as state:
-            return state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+            return state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon,
+                                 unclamped=unclamped)
 
     def dp_cost(
         self, principal: Principal, sql: str, *, dialect: str | None = None,
@@ -369,41 +401,102 @@ class Domain:
         self,
         principal: Principal,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: ParameterValues = None,
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> pa.Schema:
         """The schema of the answer the caller is about to fetch (GetFlightInfo).
 
-        For a ``dp`` query this is where the answer is computed and paid for:
-        its schema carries ε spent and remaining, which clients such as ADBC and
-        JDBC read from GetFlightInfo; the DoGet that follows returns that answer.
+        The answer is computed here, within the role's limits (one deadline for
+        planning and every parameter row, ``max_rows`` rows in all), so that its
+        schema is final: a ``dp`` answer carries ε spent and remaining, and a cut
+        answer says so (:mod:`gateway.results`). Clients such as ADBC and JDBC read
+        schema metadata from GetFlightInfo; the DoGet that follows returns the
+        answer held here (a ``dp`` one, or one read whole), or runs the query again.
         """
         started = time.perf_counter()
         with self.pinned() as state:
-            try:
-                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
-                if dp is None:
-                    return state.result_schema(principal, sql, parameters, dialect=dialect)
-                no_parameters(parameters)
-            except Exception as exc:  # refused before anything ran: audited here
-                self._audit(principal, sql, started, error=exc)
-                raise
-            answer = self._dp_answer(state, principal, dp, sql)
-            state.paid.put((principal.user, dp.key), answer)
+            request = self._request(state, principal, sql, parameters, dialect, epsilon,
+                                    started, unclamped)
+            if request.dp is not None:
+                paid = self._dp_answer(state, principal, request.dp, sql, request.deadline)
+                state.paid.put((principal.user, request.dp.key), paid)
+                return paid.schema
+            answer = self._answer(state, request)
+            if answer.table is not None:
+                state.answers.put(request.key, answer.table)
+            else:
+                state.truncation.put(request.key, answer.truncated)
+                answer.close()  # too long to hold: the DoGet runs it again
         return answer.schema
 
+    def _request(self, state: PolicyState, principal: Principal, sql: str,
+                 parameters: ParameterValues, dialect: str | None, epsilon: float | None,
+                 started: float, unclamped: bool = False) -> _Request:
+        """Plan one request (its deadline starts now); a refusal is audited here
+        (``unclamped``: a dp answer's parts, see :class:`gateway.dp.queries.DpPlan`)."""
+        limits = state.policy.limits_for(principal.role)
+        request = _Request(principal, sql, started, Deadline(limits.timeout_s), limits.max_rows)
+        params = Parameters.of(parameters)
+        try:
+            request.dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon,
+                                       unclamped=unclamped)
+            if request.dp is None:
+                request.plan = state.plan(principal, sql, dialect=dialect,
+                                          deadline=request.deadline, to_run=True)
+                request.bindings = bind(request.plan.expression, params, required=True)
+            else:
+                no_parameters(params)
+        except Exception as exc:
+            self._audit(principal, sql, started, plan=request.plan, error=exc)
+            raise
+        return request
+
+    def _answer(self, state: PolicyState, request: _Request, *,
+                truncated: bool | None = None) -> Answer:
+        """Start the request's runs; read ahead unless whether it is cut is known.
+
+        An answer read whole is audited here; a longer one when its stream ends.
+        """
+        plan = request.plan
+        assert plan is not None
+        try:
+            with redacting(plan):
+                execution = Execution(state.engine, plan.sql, request.bindings,
+                                      deadline=request.deadline, max_rows=request.max_rows)
+                if truncated is not None:
+                    schema = marked(execution.schema, truncated=truncated,
+                                    max_rows=request.max_rows)
+                    return Answer(schema, truncated, execution, batches=execution.batches)
+                try:
+                    answer = look_ahead(execution)
+                except BaseException:
+                    execution.close()
+                    raise
+        except Exception as exc:
+            self._audit(request.principal, request.sql, request.started, plan=plan, error=exc)
+            raise
+        if answer.table is not None:
+            self._audit(request.principal, request.sql, request.started, plan=plan,
+                        rows=answer.table.num_rows)
+        return answer
+
     def _dp_answer(self, state: PolicyState, principal: Principal, dp: DpPlan,
-                   sql: str) -> pa.Table:
+                   sql: str, deadline: Deadline | None = None) -> pa.Table:
         """Compute (and pay for) a dp answer; audited here, with the ε/δ charged."""
         limits = state.policy.limits_for(principal.role)
+        deadline = deadline or Deadline(limits.timeout_s)
         log.info("dp query by %s on %s.%s at ε=%g", principal.user, dp.dataset, dp.table,
                  dp.epsilon)
         started = time.perf_counter()
         tables = [{"dataset": dp.dataset, "table": dp.table, "mode": "dp"}]
         try:
-            answer = state.dp.execute(dp, timeout_s=limits.timeout_s)
+            try:
+                answer = state.dp.execute(dp, timeout_s=deadline.timeout())
+            except QueryTimeoutError:
+                raise deadline.error() from None
         except Exception as exc:  # a failure after the charge still records what it cost
             self._audit(principal, sql, started, rewritten=dp.query.aggregate_sql,
                         tables=tables, error=exc, epsilon=getattr(exc, "epsilon", 0.0),
@@ -459,47 +552,48 @@ class Domain:
         self,
         principal: Principal,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: ParameterValues = None,
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> pa.RecordBatchReader:
-        """Run ``sql`` as ``principal``; audited once, when the stream ends.
+        """Run ``sql`` as ``principal`` (DoGet); audited once.
 
-        A dp answer is audited where it is computed and paid for (here, or at
-        :meth:`answer_schema`); a refusal is audited at once. The stream reads
-        the engine of the policy that was live when the query started, to its end.
+        ``parameters``: one row of values, a mapping of named values, or an Arrow
+        batch whose rows are run one after another as one request: the role's time
+        limit covers planning and every run, and its ``max_rows`` the rows of all
+        of them (:mod:`gateway.results`). An answer computed at GetFlightInfo for
+        the same request (:meth:`answer_schema`) is returned as it was computed.
+        The stream reads the engine of the policy that was live when the query
+        started, to its end; it is audited when it ends (a refusal at once, an
+        answer held or read whole where it was computed).
         """
         started = time.perf_counter()
-        plan: QueryPlan | None = None
         with self.pinned() as state:
-            limits = state.policy.limits_for(principal.role)
-            try:
-                dp = state.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
-                if dp is None:
-                    plan = state.plan(principal, sql, dialect=dialect)
-                    log.info("query by %s: %s", principal.user, plan.display_sql)
-                    with redacting(plan):
-                        reader = state.engine.execute(plan.sql, parameters or None,
-                                                      timeout_s=limits.timeout_s)
-                else:
-                    no_parameters(parameters)
-            except Exception as exc:
-                self._audit(principal, sql, started, plan=plan, error=exc)
-                raise
-            if dp is not None:
-                answer = state.paid.pop((principal.user, dp.key))
-                if answer is None:
-                    answer = self._dp_answer(state, principal, dp, sql)
-                return pa.RecordBatchReader.from_batches(answer.schema, answer.to_batches())
-        audited_plan = plan
-        assert audited_plan is not None
+            request = self._request(state, principal, sql, parameters, dialect, epsilon,
+                                    started, unclamped)
+            if request.dp is not None:
+                paid = state.paid.pop((principal.user, request.dp.key))
+                if paid is None:
+                    paid = self._dp_answer(state, principal, request.dp, sql, request.deadline)
+                return pa.RecordBatchReader.from_batches(paid.schema, paid.to_batches())
+            assert request.plan is not None
+            log.info("query by %s: %s", principal.user, request.plan.display_sql)
+            held = state.answers.pop(request.key)
+            if held is not None:
+                return pa.RecordBatchReader.from_batches(held.schema, held.to_batches())
+            # Not read whole at GetFlightInfo (or not asked there): read ahead here.
+            answer = self._answer(state, request, truncated=state.truncation.pop(request.key))
+            if answer.table is not None:
+                return answer.reader()
+        plan, batches = request.plan, answer.reader()
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def audited() -> Iterator[pa.RecordBatch]:
             rows, complete, error = 0, False, None
             try:
-                with redacting(audited_plan):
-                    for batch in reader:
+                with redacting(plan):
+                    for batch in batches:
                         rows += batch.num_rows
                         yield batch
                 complete = True
@@ -507,10 +601,31 @@ class Domain:
                 error = exc
                 raise
             finally:
-                self._audit(principal, sql, started, plan=audited_plan, rows=rows,
+                answer.close()
+                self._audit(principal, sql, started, plan=plan, rows=rows,
                             complete=complete or error is not None, error=error)
 
-        return pa.RecordBatchReader.from_batches(reader.schema, batches())
+        return pa.RecordBatchReader.from_batches(answer.schema, audited())
+
+
+@dataclass
+class _Request:
+    """One query request, planned: its deadline, row cap, and plan with its bindings."""
+
+    principal: Principal
+    sql: str
+    started: float
+    deadline: Deadline
+    max_rows: int
+    dp: DpPlan | None = None
+    plan: QueryPlan | None = None
+    bindings: list[Binding] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Which request an answer held between GetFlightInfo and DoGet belongs to."""
+        assert self.plan is not None
+        return answer_key(self.principal.user, self.plan.sql, self.bindings)
 
 
 @dataclass(frozen=True)
@@ -579,11 +694,3 @@ def build_engine(
 
     routed = RoutedEngine(engine, {ds: ("spark", spark) for ds in spark_specs})
     return cast(Engine, routed)  # the same reading interface
-
-
-def parameter_values(batch: pa.RecordBatch | None) -> list[Any] | None:
-    """The values of a one-row parameter batch, in column order."""
-    if batch is None or batch.num_columns == 0:
-        return None
-    return [batch.column(i)[0].as_py() for i in range(batch.num_columns)]
-

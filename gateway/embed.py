@@ -225,6 +225,7 @@ def serve(
         opened.append(store)
         domain = Domain(parsed, engine, store, text=text)
         opened[:] = [domain]
+        domain.claim_name()
         domain.ledger.apply_policy_caps(parsed)
         domain.state.version = policy_versions.record_if_new(store, text, by="file")
         for name, spec in (users or {}).items():

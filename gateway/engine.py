@@ -37,7 +37,7 @@ import shutil
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +228,13 @@ def engine_error(exc: BaseException, *, timeout_s: float | None = None,
             return QueryFailedError(scrub_message(detail, values=False), detail=detail)
         return QueryFailedError(runtime_message(exc), detail=detail)
     raise exc
+
+
+def _params(parameters: Sequence[Any] | Mapping[str, Any] | None) -> Any:
+    """DuckDB's ``params``: a list (positional), a dict (named ``$name``), or None."""
+    if not parameters:
+        return None
+    return dict(parameters) if isinstance(parameters, Mapping) else list(parameters)
 
 
 class Watchdog:
@@ -515,12 +522,14 @@ class Engine(Retiring):
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
         return self.result_schema(f"SELECT * FROM {identifier(dataset)}.{identifier(table)}")
 
-    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+    def result_schema(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> pa.Schema:
         """The Arrow schema of ``sql``'s result, without running it."""
         with self.in_use():
             cur = self.cursor()
             try:
-                rel = cur.sql(sql, params=list(parameters) if parameters else None)
+                rel = cur.sql(sql, params=_params(parameters))
                 return rel.limit(0).to_arrow_table().schema
             except duckdb.Error as exc:  # LIMIT 0 reads no row: a binding error
                 raise engine_error(exc) from None
@@ -530,7 +539,7 @@ class Engine(Retiring):
     def execute(
         self,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
         batch_rows: int = 65_536,
@@ -552,7 +561,7 @@ class Engine(Retiring):
         started = time.monotonic()
         bound = False
         try:
-            rel = cur.sql(sql, params=list(parameters) if parameters else None)
+            rel = cur.sql(sql, params=_params(parameters))
             bound = True  # from here on, DuckDB reads rows
             reader = rel.to_arrow_reader(batch_rows)
         except BaseException as exc:

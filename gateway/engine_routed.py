@@ -49,8 +49,9 @@ class _Reading(Protocol):
     def tables(self) -> Sequence[tuple[str, str]]: ...
     def columns(self, dataset: str, table: str) -> dict[str, str]: ...
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema: ...
-    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema: ...
-    def execute(self, sql: str, parameters: Sequence[Any] | None = None, *,
+    def result_schema(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+                      ) -> pa.Schema: ...
+    def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None, *,
                 timeout_s: float | None = None, batch_rows: int = 65_536,
                 prefetch: int = 2) -> pa.RecordBatchReader: ...
 
@@ -210,13 +211,15 @@ class RoutedEngine:
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
         return self._for_table(dataset, table).arrow_schema(dataset, table)
 
-    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+    def result_schema(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> pa.Schema:
         return self.route(sql).result_schema(sql, parameters)
 
     def execute(
         self,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
         batch_rows: int = 65_536,

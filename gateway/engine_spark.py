@@ -301,7 +301,9 @@ class SparkEngine(Retiring):
     def arrow_schema(self, dataset: str, table: str) -> pa.Schema:
         return self.result_schema(f'SELECT * FROM "{dataset}"."{table}"')
 
-    def result_schema(self, sql: str, parameters: Sequence[Any] | None = None) -> pa.Schema:
+    def result_schema(
+        self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> pa.Schema:
         """The Arrow schema of ``sql``'s result (Spark plans it, nothing is read)."""
         if parameters:
             raise QueryFailedError("Parameters are not supported on the Spark engine")
@@ -318,7 +320,7 @@ class SparkEngine(Retiring):
     def execute(
         self,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: Sequence[Any] | Mapping[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
         batch_rows: int = 65_536,

@@ -97,7 +97,8 @@ def prepare(domain: Domain, text: str, *, principal: Principal | None = None,
                                 else PolicyError(exc.message, file=policy.file))
         return candidate
     try:
-        candidate.state = PolicyState(policy, engine, domain.ledger, text=text)
+        candidate.state = PolicyState(policy, engine, domain.ledger, text=text,
+                                      limits=domain.state.limits)
     except BaseException as exc:
         engine.close()
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -3,7 +3,10 @@
 A :class:`PolicyState` holds the policy, the engine built over its sources, the
 sources' schemas, and every cache whose entries depend on the policy: plans,
 the schemas each role sees, result and parameter schemas, the routing to ``dp``
-mode, the ``dp`` planner and the ``dp`` answers paid for at GetFlightInfo.
+mode, the ``dp`` planner, and the answers computed at GetFlightInfo (``dp``
+answers paid for, others read whole by the look-ahead of :mod:`gateway.results`).
+Its ``limits`` (:class:`gateway.limits.RequestLimits`) bound every analyst text
+it parses.
 :class:`gateway.domain.Domain` answers each query from one state, taken once
 when the query starts, and replaces the whole state at once when the owner
 replaces the policy: nothing planned under an older policy is ever reused
@@ -12,12 +15,10 @@ under a newer one, and a query never mixes two versions.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import pyarrow as pa
 from sqlglot import exp
@@ -27,7 +28,15 @@ from gateway.dp import DpPlan, PrivateQueries
 from gateway.engine import Engine
 from gateway.errors import InputError, StockadeError
 from gateway.ledger import Ledger
-from gateway.parameters import placeholder_types
+from gateway.limits import Deadline, RequestLimits
+from gateway.lru import LruCache as LruCache  # the home of the cache used below
+from gateway.parameters import (
+    Parameters,
+    bind,
+    expected_parameters,
+    placeholder_keys,
+    placeholder_types,
+)
 from policy.access import TableAccess, catalog_for, visible_columns
 from policy.expressions import bind_secrets
 from policy.loader import check_against_schemas
@@ -40,8 +49,8 @@ from policy.rules.resolve_tables import resolve_tables
 from policy.rules.validate_statement import validate_statement
 from policy.schema import access_for
 
-K = TypeVar("K")
-V = TypeVar("V")
+#: The most bytes of answers held between GetFlightInfo and DoGet (oldest dropped first).
+ANSWER_CACHE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,10 @@ class PolicyState:
     """
 
     def __init__(self, policy: Policy, engine: Engine, ledger: Ledger, *,
-                 text: str | None = None, version: int | None = None) -> None:
+                 text: str | None = None, version: int | None = None,
+                 limits: RequestLimits | None = None) -> None:
         self.policy = policy
+        self.limits = limits or RequestLimits()
         self.engine = engine
         self.text = text
         self.version = version
@@ -88,6 +99,11 @@ class PolicyState:
         # dp answers paid for at GetFlightInfo, waiting for the DoGet that fetches them
         # (so that the stream carries the same spend metadata as the FlightInfo).
         self.paid: LruCache[tuple[str, str], pa.Table] = LruCache(1024)
+        # Other answers read whole at GetFlightInfo (gateway.results), for the DoGet that
+        # follows; and, for answers too long to hold, whether they were cut.
+        self.answers: LruCache[tuple[Any, ...], pa.Table] = LruCache(
+            1024, max_bytes=ANSWER_CACHE_BYTES, weigh=lambda table: table.nbytes)
+        self.truncation: LruCache[tuple[Any, ...], bool] = LruCache(4096)
 
     # -- what they see --------------------------------------------------------------
 
@@ -133,20 +149,29 @@ class PolicyState:
         *,
         dialect: str | None = None,
         for_schema: bool = False,
+        deadline: Deadline | None = None,
+        to_run: bool = False,
     ) -> QueryPlan:
-        """Check and rewrite ``sql`` for ``principal`` (see :meth:`Domain.plan`)."""
+        """Check and rewrite ``sql`` for ``principal`` (see :meth:`Domain.plan`).
+
+        A plan ``to_run`` asks for one row more than the role's ``max_rows``: the
+        answer knows it was cut when that row is there (:mod:`gateway.results`).
+        """
         resolved, text = resolve_dialect(sql, session=dialect)
-        key = plan_key(principal, text, dialect=resolved, for_schema=for_schema)
+        key = (*plan_key(principal, text, dialect=resolved, for_schema=for_schema), to_run)
         cached = self._plans.get(key)
         if cached is not None:
             return cached
+        max_rows = self.policy.limits_for(principal.role).max_rows + (1 if to_run else 0)
         plan = plan_query(
             text,
             policy=self.policy,
             principal=principal,
             schemas=self.schemas,
             dialect=resolved,
-            max_rows=None if for_schema else self.policy.limits_for(principal.role).max_rows,
+            max_rows=None if for_schema else max_rows,
+            limits=self.limits,
+            deadline=deadline,
         )
         self._plans.put(key, plan)
         return plan
@@ -155,19 +180,29 @@ class PolicyState:
         self,
         principal: Principal,
         sql: str,
-        parameters: Sequence[Any] | None = None,
+        parameters: Parameters | None = None,
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        deadline: Deadline | None = None,
+        unclamped: bool = False,
     ) -> pa.Schema:
-        """The schema of ``sql``'s answer; nothing runs, nothing is audited."""
-        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon)
+        """The schema of ``sql``'s answer; nothing runs, nothing is audited.
+
+        Parameters, when bound, must fit the query (:func:`gateway.parameters.bind`);
+        the first row's values type the result. ``unclamped``: a dp answer's parts
+        (:class:`gateway.dp.queries.DpPlan`).
+        """
+        dp = self.dp_plan(principal, sql, dialect=dialect, epsilon=epsilon,
+                          unclamped=unclamped)
         if dp is not None:
             no_parameters(parameters)
             return self.dp.result_schema(dp)
-        plan = self.plan(principal, sql, dialect=dialect)
-        params = list(parameters) if parameters is not None else [None] * plan.parameter_count
-        key = (plan.sql, tuple(type(p).__name__ for p in params))
+        plan = self.plan(principal, sql, dialect=dialect, deadline=deadline, to_run=True)
+        [params] = bind(plan.expression, parameters.first() if parameters else None,
+                        required=False)
+        values = params.items() if isinstance(params, dict) else enumerate(params)
+        key = (plan.sql, tuple((k, type(v).__name__) for k, v in values))
         cached = self.result_schemas.get(key)
         if cached is not None:
             return cached
@@ -183,7 +218,7 @@ class PolicyState:
         cached = self._routes.get(key)
         if cached is not None:
             return cached
-        expression = parse(text, dialect=resolved)
+        expression = parse(text, dialect=resolved, limits=self.limits)
         catalog = catalog_for(self.policy, principal)
         context: dict[str, Any] = {"policy": self.policy, "principal": principal,
                                    "schemas": self.schemas, "catalog": catalog}
@@ -201,8 +236,10 @@ class PolicyState:
         *,
         dialect: str | None = None,
         epsilon: float | None = None,
+        unclamped: bool = False,
     ) -> DpPlan | None:
-        """The dp plan of ``sql``, or None when it reads no ``dp`` table."""
+        """The dp plan of ``sql``, or None when it reads no ``dp`` table (``unclamped``:
+        its noisy parts unclamped, see :class:`gateway.dp.queries.DpPlan`)."""
         if not self.reads_dp(principal, sql, dialect=dialect):
             return None
         options, _ = query_options(sql)
@@ -212,7 +249,7 @@ class PolicyState:
         delta = check_epsilon(options["delta"], what="δ") if "delta" in options else None
         return self.dp.plan(text, policy=self.policy, principal=principal,
                             schemas=self.schemas, epsilon=epsilon, delta=delta,
-                            dialect=resolved)
+                            dialect=resolved, unclamped=unclamped)
 
     def parameter_schema(
         self, principal: Principal, sql: str, *, dialect: str | None = None
@@ -220,27 +257,38 @@ class PolicyState:
         """The schema of ``sql``'s parameters, typed where the query tells."""
         if self.reads_dp(principal, sql, dialect=dialect):
             return pa.schema([])
-        plan = self.plan(principal, sql, dialect=dialect)
+        plan = self.plan(principal, sql, dialect=dialect, to_run=True)
         cached = self._parameter_schemas.get(plan.sql)
         if cached is not None:
             return cached
+        # One field per parameter, named as clients bind it: $1, $2… for positional
+        # parameters (each ? is one), the name for named ones (each name once).
+        kind, expected = expected_parameters(plan.expression)
+        types: dict[str, str | None] = {}
+        for i, (key, duck_type) in enumerate(zip(
+                placeholder_keys(plan.expression),
+                placeholder_types(plan.expression, self._nested_schemas), strict=True)):
+            name = f"${i + 1}" if key is None else (f"${key}" if key.isdigit() else key)
+            types[name] = types.get(name) or duck_type
+        names = expected if kind == "named" else [f"${i + 1}" for i in range(len(expected))]
         fields = []
-        for i, duck_type in enumerate(placeholder_types(plan.expression, self._nested_schemas)):
+        for name in names:
             arrow_type = pa.null()
+            duck_type = types.get(name)
             if duck_type is not None:
                 try:
                     arrow_type = self.engine.result_schema(
                         f"SELECT CAST(NULL AS {duck_type}) AS p").field(0).type
                 except StockadeError:
                     arrow_type = pa.null()
-            fields.append(pa.field(f"${i + 1}", arrow_type))
+            fields.append(pa.field(name, arrow_type))
         schema = pa.schema(fields)
         self._parameter_schemas.put(plan.sql, schema)
         return schema
 
 
-def no_parameters(parameters: Sequence[Any] | None) -> None:
-    if parameters:
+def no_parameters(parameters: Parameters | None) -> None:
+    if parameters is not None and parameters.rows:
         raise InputError("Queries on dp tables take no parameters; write the values "
                          "into the query.")
 
@@ -276,40 +324,3 @@ def plan_key(
         (name, type(value).__name__, value) for name, value in principal.attributes.items()
     ))
     return (principal.user, principal.role, attributes, dialect, sql, for_schema)
-
-
-class LruCache(Generic[K, V]):
-    """A small thread-safe least-recently-used map.
-
-    >>> c = LruCache(2); c.put("a", 1); c.put("b", 2); c.get("a"); c.put("c", 3)
-    1
-    >>> c.get("b") is None, c.get("a"), c.get("c")
-    (True, 1, 3)
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def pop(self, key: K) -> V | None:
-        with self._lock:
-            return self._items.pop(key, None)
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)

@@ -42,8 +42,9 @@ def clean_message(message: str) -> str:
     return text
 
 
-def remote_error(exc: BaseException, url: str) -> StockadeError:
-    """The :class:`StockadeError` for a Flight error raised by a call to ``url``."""
+def remote_error(exc: BaseException, url: str, kind: str = "gateway") -> StockadeError:
+    """The :class:`StockadeError` for a Flight error raised by a call to ``url``
+    (a ``kind``: ``gateway`` or ``network``)."""
     message = clean_message(str(exc))
     if isinstance(exc, flight.FlightUnauthenticatedError):
         return AuthenticationError(message or "Wrong user name or password.")
@@ -52,7 +53,7 @@ def remote_error(exc: BaseException, url: str) -> StockadeError:
     if isinstance(exc, flight.FlightUnavailableError | flight.FlightTimedOutError) or (
             isinstance(exc, flight.FlightInternalError)
             and ("Could not finish writing" in message or "failed to connect" in message.lower())):
-        return UnavailableError(f"Cannot reach the gateway at {url}: is it running? ({message})")
+        return UnavailableError(f"Cannot reach the {kind} at {url}: is it running? ({message})")
     if isinstance(exc, NotImplementedError | pa.ArrowNotImplementedError):
         return NotSupportedError(message)
     if isinstance(exc, pa.ArrowInvalid | pa.ArrowKeyError | ValueError | KeyError):
@@ -64,26 +65,30 @@ class GatewayClient:
     """A logged-in connection to one gateway's actions.
 
     ``url`` is ``grpc://HOST:PORT`` or ``grpc+tls://HOST:PORT``; ``tls_root_certs``
-    is the PEM of the CA to trust for a gateway with a private certificate.
+    is the PEM of the CA to trust for a gateway with a private certificate;
+    ``kind`` names what is at ``url`` in messages (a ``network`` node logs in the
+    same way).
     """
 
     def __init__(self, url: str, user: str, password: str, *,
-                 tls_root_certs: bytes | None = None, timeout_s: float = 60.0) -> None:
+                 tls_root_certs: bytes | None = None, timeout_s: float = 60.0,
+                 kind: str = "gateway") -> None:
         self.url = url
         self.user = user
+        self.kind = kind
         kwargs: dict[str, Any] = {}
         if tls_root_certs is not None:
             kwargs["tls_root_certs"] = tls_root_certs
         try:
             self._client = flight.FlightClient(url, **kwargs)
         except (pa.ArrowException, ValueError) as exc:
-            raise InputError(f"Bad gateway URL {url!r}: {clean_message(str(exc))} "
+            raise InputError(f"Bad {kind} URL {url!r}: {clean_message(str(exc))} "
                              "Use grpc://HOST:PORT or grpc+tls://HOST:PORT.") from None
         try:
             header = self._client.authenticate_basic_token(user, password)
         except (flight.FlightError, pa.ArrowException) as exc:
             self._client.close()
-            raise remote_error(exc, url) from None
+            raise remote_error(exc, url, kind) from None
         self._options = flight.FlightCallOptions(headers=[header], timeout=timeout_s)
 
     def action(self, name: str, body: Mapping[str, Any] | None = None) -> Any:
@@ -92,7 +97,7 @@ class GatewayClient:
         try:
             results = list(self._client.do_action(flight.Action(name, payload), self._options))
         except (flight.FlightError, pa.ArrowException) as exc:
-            raise remote_error(exc, self.url) from None
+            raise remote_error(exc, self.url, self.kind) from None
         if not results:
             return None
         return json.loads(results[0].body.to_pybytes())

@@ -25,11 +25,21 @@ import pyarrow.flight as flight
 
 from gateway import admin
 from gateway.auth import AuthMiddleware, AuthMiddlewareFactory, NoOpHandshake
-from gateway.dialects import DIALECT_OPTION, EPSILON_OPTION, check_dialect, check_epsilon
-from gateway.domain import Domain, LruCache, parameter_values
+from gateway.dialects import (
+    DIALECT_OPTION,
+    DP_PARTS_HEADER,
+    EPSILON_OPTION,
+    check_dialect,
+    check_epsilon,
+    check_flag,
+)
+from gateway.domain import Domain, LruCache
 from gateway.errors import AuthenticationError, InputError
-from gateway.flightsql.schemas import annotate_schema, like_match
+from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH, like_match
+from gateway.flightsql.schemas import annotate_schema
 from gateway.flightsql.server import FlightSqlServer, SessionValue, TableInfo, json_body
+from gateway.limits import RequestLimits
+from gateway.parameters import Parameters
 from policy.principal import Principal
 
 log = logging.getLogger("stockade.server")
@@ -49,7 +59,9 @@ class DomainServer(FlightSqlServer):
         *,
         token_ttl_s: int = 3600,
         max_batch_bytes: int = 4 * 1024 * 1024,
+        max_pattern_length: int = DEFAULT_MAX_PATTERN_LENGTH,
         tls_certificates: Sequence[tuple[bytes, bytes]] | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.domain = domain
         factory = AuthMiddlewareFactory(
@@ -59,18 +71,27 @@ class DomainServer(FlightSqlServer):
         kwargs: dict[str, Any] = {"auth_handler": NoOpHandshake(), "middleware": {AUTH: factory}}
         if tls_certificates:
             kwargs["tls_certificates"] = list(tls_certificates)
-        super().__init__(location, max_batch_bytes=max_batch_bytes, **kwargs)
+        super().__init__(location, max_batch_bytes=max_batch_bytes,
+                         max_pattern_length=max_pattern_length,
+                         limits=limits or domain.state.limits, **kwargs)
         # (user, session id) -> that session's options; bounded, oldest forgotten first.
         self._sessions: LruCache[tuple[str, str], dict[str, SessionValue]] = LruCache(10_000)
 
     # -- identity -------------------------------------------------------------------
 
     def _middleware(self, context: flight.ServerCallContext) -> AuthMiddleware:
+        """The caller's middleware, its login checked (with the client's address if deferred)."""
         middleware = context.get_middleware(AUTH)
         if not isinstance(middleware, AuthMiddleware):
             raise AuthenticationError("Authentication required: connect with a user name "
                                       "and password.")
+        middleware.verify(context.peer())
         return middleware
+
+    def check_caller(self, context: flight.ServerCallContext, action_type: str | None = None
+                     ) -> None:
+        """Every call needs a login (the middleware refuses calls without credentials)."""
+        self._middleware(context)
 
     def principal(self, context: flight.ServerCallContext) -> Principal:
         return self._middleware(context).principal
@@ -132,6 +153,12 @@ class DomainServer(FlightSqlServer):
             return check_epsilon(session)
         header = self._middleware(context).epsilon
         return check_epsilon(header) if header is not None else None
+
+    def dp_parts(self, context: flight.ServerCallContext) -> bool:
+        """Whether the caller asked for a dp answer's parts unclamped (a network node
+        merging domains sends ``x-stockade-dp-parts: true``)."""
+        header = self._middleware(context).dp_parts
+        return check_flag(header, what=DP_PARTS_HEADER) if header is not None else False
 
     # -- actions ----------------------------------------------------------------------
 
@@ -220,16 +247,18 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.Schema:
         return self.domain.result_schema(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
+            unclamped=self.dp_parts(context),
         )
 
     def execution_schema(
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.Schema:
         return self.domain.answer_schema(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
+            unclamped=self.dp_parts(context),
         )
 
     def parameter_schema(self, context: flight.ServerCallContext, query: str) -> pa.Schema:
@@ -241,6 +270,7 @@ class DomainServer(FlightSqlServer):
         self, context: flight.ServerCallContext, query: str, parameters: pa.RecordBatch | None
     ) -> pa.RecordBatchReader:
         return self.domain.execute(
-            self.principal(context), query, parameter_values(parameters),
+            self.principal(context), query, Parameters.of(parameters),
             dialect=self.dialect(context), epsilon=self.epsilon(context),
+            unclamped=self.dp_parts(context),
         )

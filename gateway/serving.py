@@ -35,6 +35,7 @@ def start_server(settings: Settings):  # type: ignore[no-untyped-def]
         settings.policy, settings.data_dir,
         limits=EngineLimits(memory_limit=settings.memory_limit, threads=settings.threads,
                             dp_snapshot_check_s=settings.dp_snapshot_check_s),
+        request_limits=settings.request_limits,
     )
     try:
         password = ensure_admin(
@@ -55,6 +56,7 @@ def start_server(settings: Settings):  # type: ignore[no-untyped-def]
             f"{scheme}://{settings.host}:{settings.port}",
             token_ttl_s=settings.token_ttl_s,
             max_batch_bytes=settings.max_batch_bytes,
+            max_pattern_length=settings.max_pattern_length,
             tls_certificates=tls,
         )
     except BaseException:

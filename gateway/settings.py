@@ -21,8 +21,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH
+from gateway.limits import RequestLimits
 
 _REQUIRED = object()
+_LIMITS = RequestLimits()  # the request limits' defaults, declared with the limits
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("threads", 2, _positive, "DuckDB threads for analyst queries"),
     Setting("max_batch_bytes", 4 * 1024 * 1024, _positive,
             "largest Arrow record batch sent to a client (ADBC refuses messages over 16 MiB)"),
+    Setting("max_pattern_length", DEFAULT_MAX_PATTERN_LENGTH, _positive,
+            "longest LIKE pattern accepted by GetDbSchemas/GetTables, in characters"),
     Setting("dp_snapshot_check_s", 60, _seconds,
             "how often the files behind dp tables' bounded samples are hashed again, to "
             "rebuild a sample when its source's content changed (0: never)"),
+    Setting("max_query_bytes", _LIMITS.max_query_bytes, _positive,
+            "longest SQL text accepted, in bytes"),
+    Setting("max_query_nodes", _LIMITS.max_query_nodes, _positive,
+            "most expression nodes in one query (planning time grows with them)"),
+    Setting("max_query_depth", _LIMITS.max_query_depth, _positive,
+            "deepest expression nesting in one query (an AND chain nests once per condition)"),
+    Setting("max_parameter_rows", _LIMITS.max_parameter_rows, _positive,
+            "most parameter rows bound to one prepared statement execution"),
+    Setting("max_parameter_bytes", _LIMITS.max_parameter_bytes, _positive,
+            "largest parameter batch bound to one prepared statement execution, in bytes"),
 )
 
 
@@ -95,7 +110,21 @@ class Settings:
     memory_limit: str
     threads: int
     max_batch_bytes: int
+    max_pattern_length: int
     dp_snapshot_check_s: float
+    max_query_bytes: int
+    max_query_nodes: int
+    max_query_depth: int
+    max_parameter_rows: int
+    max_parameter_bytes: int
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        """What one request may ask (:mod:`gateway.limits`)."""
+        return RequestLimits(
+            max_query_bytes=self.max_query_bytes, max_query_nodes=self.max_query_nodes,
+            max_query_depth=self.max_query_depth, max_parameter_rows=self.max_parameter_rows,
+            max_parameter_bytes=self.max_parameter_bytes)
 
 
 def load_settings(given: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:

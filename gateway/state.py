@@ -14,7 +14,12 @@ SQLite's own lock (``BEGIN IMMEDIATE`` with a busy timeout). Several processes
 (the server and the ``stockade users`` command) may use the same file at once.
 
 Passwords are stored as argon2id hashes, tokens as SHA-256 digests; neither is
-ever stored or returned in clear.
+ever stored or returned in clear. Beside each password hash the store keeps an
+argon2id hash of the credential a network derives from that password for this
+domain (:mod:`gateway.network_keys`), made whenever the store sees the password
+(user creation, a new password, a direct login) and the domain's name is known
+(the gateway records it: :meth:`StateStore.set_domain_name`). A login whose
+password carries the derived prefix is checked against that verifier only.
 
 >>> import tempfile
 >>> from argon2 import PasswordHasher
@@ -52,6 +57,7 @@ from gateway.errors import (
     NotFoundError,
     did_you_mean,
 )
+from gateway.network_keys import RESERVED_PREFIX, derive, is_derived, realm_of
 from gateway.passwords import (
     hash_password,
     needs_rehash,
@@ -69,6 +75,22 @@ MAX_PASSWORD_LENGTH = 1024
 
 WRONG_CREDENTIALS = "Wrong user name or password."
 INVALID_TOKEN = "Your session token has expired or is not valid; log in again."
+#: The refusal of any credential a network derived (the same whatever the reason, so
+#: that it does not tell who has an account).
+NETWORK_REFUSED = (
+    "Wrong user name or password (checked through a network). If they are right, domain "
+    "'{domain}' has not seen your password since it began to accept logins through a "
+    "network: log in to it directly once, or ask its owner to reset your password."
+)
+WRONG_DOMAIN = (
+    "A network derived this credential for domain '{realm}', which is not this domain's "
+    "name: the network's operator must set this domain's own name (its policy's "
+    "domain.name) as its domain_name in the network's configuration."
+)
+UNNAMED_DOMAIN = (
+    "This domain cannot check logins through a network yet: its state store does not know "
+    "the domain's name (start its gateway once). Log in with your password."
+)
 
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -242,19 +264,42 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             "ALTER TABLE budget_dataset_caps ADD COLUMN set_by TEXT NOT NULL DEFAULT 'policy'",
         ),
     ),
+    (
+        7,
+        "credentials derived by networks: each user's verifier, and the domain's own name",
+        (
+            # gateway.network_keys: network_verifier is the argon2id hash of the
+            # credential derived from the user's password for network_realm (the
+            # domain's name, lower case, when it was made); NULL until the store
+            # sees the password again (a direct login, or a new password).
+            "ALTER TABLE users ADD COLUMN network_verifier TEXT",
+            "ALTER TABLE users ADD COLUMN network_realm TEXT",
+            # One row: the name of the domain this store belongs to, recorded by the
+            # gateway (its policy's domain.name), so the CLI knows it too.
+            """
+            CREATE TABLE domain_identity (
+                id         INTEGER PRIMARY KEY CHECK (id = 1),
+                name       TEXT NOT NULL,
+                updated_at REAL NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 class LoginError(AuthenticationError):
-    """A failed login. The message is always :data:`WRONG_CREDENTIALS`.
+    """A failed login: :data:`WRONG_CREDENTIALS` (or, for a credential a network
+    derived, :data:`NETWORK_REFUSED`), whatever the reason.
 
-    ``reason`` (``unknown_user``, ``wrong_password`` or ``disabled``) is for the
-    server's log and audit only; it never reaches the client.
+    ``reason`` (``unknown_user``, ``wrong_password``, ``disabled`` or
+    ``no_network_verifier``) is for the server's log and audit only; it never
+    reaches the client.
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(WRONG_CREDENTIALS)
+    def __init__(self, reason: str, message: str = WRONG_CREDENTIALS) -> None:
+        super().__init__(message)
         self.reason = reason
 
 
@@ -320,11 +365,14 @@ def validate_role(role: str) -> str:
 
 
 def validate_password(password: str) -> str:
-    """Apply the password policy: 8 to 1024 characters."""
+    """Apply the password policy: 8 to 1024 characters, not a derived credential's prefix."""
     if not isinstance(password, str) or len(password) < MIN_PASSWORD_LENGTH:
         raise InputError(f"Passwords must be at least {MIN_PASSWORD_LENGTH} characters long.")
     if len(password) > MAX_PASSWORD_LENGTH:
         raise InputError(f"Passwords must be at most {MAX_PASSWORD_LENGTH} characters long.")
+    if is_derived(password):
+        raise InputError(f"Passwords may not start with '{RESERVED_PREFIX}' (the mark of "
+                         "credentials a network derives); choose another.")
     return password
 
 
@@ -576,6 +624,7 @@ class StateStore:
         validate_password(password)
         attrs = validate_attributes(attributes)
         password_hash = hash_password(password, hasher=self._hasher)
+        verifier, realm = self._network_verifier(password, self.domain_name())
         now = self._clock()
         with self._transaction() as con:
             if only_if_empty and con.execute("SELECT 1 FROM users LIMIT 1").fetchone():
@@ -585,8 +634,10 @@ class StateStore:
                 raise InputError(f"User '{existing[0]}' already exists.")
             con.execute(
                 "INSERT INTO users (name, role, attributes, password_hash, disabled,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?)",
-                (name, role, json.dumps(attrs, sort_keys=True), password_hash, now, now),
+                " created_at, updated_at, network_verifier, network_realm)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
+                (name, role, json.dumps(attrs, sort_keys=True), password_hash, now, now,
+                 verifier, realm),
             )
         return User(name, role, attrs, False, _ts(now), _ts(now))
 
@@ -641,7 +692,9 @@ class StateStore:
         """Change a password and end all the user's sessions."""
         validate_password(password)
         password_hash = hash_password(password, hasher=self._hasher)
-        self._update(name, "password_hash = ?", (password_hash,), revoke=True)
+        verifier, realm = self._network_verifier(password, self.domain_name())
+        self._update(name, "password_hash = ?, network_verifier = ?, network_realm = ?",
+                     (password_hash, verifier, realm), revoke=True)
 
     def set_role(self, name: str, role: str) -> User:
         """Change a user's role (sessions stay; the role is read on every call)."""
@@ -668,43 +721,143 @@ class StateStore:
         """Check a user name and password; :class:`LoginError` if they do not match.
 
         The error and, as far as possible, the time taken are the same for an
-        unknown user, a wrong password and a disabled user.
+        unknown user, a wrong password and a disabled user. A password with the
+        prefix of a network's derived credential is checked as one
+        (:meth:`_authenticate_derived`), never against the password hash; a
+        plain password is never checked against the derived verifier. A
+        successful login upgrades what the store keeps of the password (a hash
+        made with other parameters; the derived verifier, when missing or made
+        for another domain name).
         """
+        if isinstance(password, str) and is_derived(password):
+            return self._authenticate_derived(name, password)
         dummy = self._dummy()
-        row = None
-        if isinstance(name, str) and _NAME_RE.fullmatch(name):
-            with self._pool.connection() as con:
-                row = con.execute(
-                    "SELECT name, password_hash, disabled FROM users WHERE name = ?", (name,)
-                ).fetchone()
+        row, domain = self._login_row(name)
         if row is None:
             verify_password(dummy, password, hasher=self._hasher)
             raise LoginError("unknown_user")
-        stored_name, password_hash, disabled = row
+        stored_name, password_hash, disabled, verifier, realm = row
         if not verify_password(password_hash, password, hasher=self._hasher):
             raise LoginError("wrong_password")
         if disabled:
             raise LoginError("disabled")
-        if needs_rehash(password_hash, hasher=self._hasher):
-            new_hash = hash_password(password, hasher=self._hasher)
-            with self._transaction() as con:
-                # Only if nobody changed the password meanwhile.
-                con.execute(
-                    "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
-                    (new_hash, stored_name, password_hash),
-                )
+        self._upgrade(stored_name, password, password_hash, verifier, realm, domain)
         return self.get_user(stored_name)
 
-    def issue_token(self, user: User | str, ttl_s: float) -> str:
+    def _login_row(self, name: str) -> tuple[tuple[Any, ...] | None, str | None]:
+        """``(name, password_hash, disabled, network_verifier, network_realm)`` of user
+        ``name`` (None if there is none), and the domain's recorded name."""
+        row = None
+        with self._pool.connection() as con:
+            (domain,) = con.execute(
+                "SELECT (SELECT name FROM domain_identity WHERE id = 1)").fetchone()
+            if isinstance(name, str) and _NAME_RE.fullmatch(name):
+                row = con.execute(
+                    "SELECT name, password_hash, disabled, network_verifier, network_realm"
+                    " FROM users WHERE name = ?", (name,)
+                ).fetchone()
+        return row, domain
+
+    def _upgrade(self, name: str, password: str, password_hash: str, verifier: str | None,
+                 realm: str | None, domain: str | None) -> None:
+        """After a direct login: rehash the password, (re)make the derived verifier."""
+        changes: dict[str, str | None] = {}
+        if needs_rehash(password_hash, hasher=self._hasher):
+            changes["password_hash"] = hash_password(password, hasher=self._hasher)
+        if domain is not None and (verifier is None or realm != domain.lower()
+                                   or needs_rehash(verifier, hasher=self._hasher)):
+            changes["network_verifier"], changes["network_realm"] = self._network_verifier(
+                password, domain)
+        if not changes:
+            return
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        with self._transaction() as con:
+            # Only if nobody changed the password meanwhile.
+            con.execute(
+                f"UPDATE users SET {assignments} WHERE name = ? AND password_hash = ?",
+                (*changes.values(), name, password_hash),
+            )
+
+    def _network_verifier(self, password: str, domain: str | None
+                          ) -> tuple[str | None, str | None]:
+        """``(hash of the credential derived for domain, its realm)``; Nones if unnamed."""
+        if domain is None:
+            return None, None
+        return hash_password(derive(password, domain), hasher=self._hasher), domain.lower()
+
+    def _authenticate_derived(self, name: str, credential: str) -> User:
+        """Check a credential a network derived from the user's password for this domain.
+
+        A credential derived for another name is refused before anything is
+        checked (it says which name the network used, so that its operator can
+        fix it), as is every credential when the store does not know the
+        domain's name. Otherwise every failure is the same :class:`LoginError`
+        (:data:`NETWORK_REFUSED`), an account without a verifier included.
+        """
+        dummy = self._dummy()
+        realm = realm_of(credential)
+        row, domain = self._login_row(name)
+        if domain is None:
+            raise AuthenticationError(UNNAMED_DOMAIN)
+        if realm != domain.lower():
+            raise AuthenticationError(WRONG_DOMAIN.format(realm=realm))
+        refused = NETWORK_REFUSED.format(domain=domain)
+        if row is None:
+            verify_password(dummy, credential, hasher=self._hasher)
+            raise LoginError("unknown_user", refused)
+        stored_name, _, disabled, verifier, verifier_realm = row
+        if verifier is None or verifier_realm != realm:
+            verify_password(dummy, credential, hasher=self._hasher)
+            raise LoginError("no_network_verifier", refused)
+        if not verify_password(verifier, credential, hasher=self._hasher):
+            raise LoginError("wrong_password", refused)
+        if disabled:
+            raise LoginError("disabled", refused)
+        if needs_rehash(verifier, hasher=self._hasher):
+            with self._transaction() as con:
+                con.execute("UPDATE users SET network_verifier = ? WHERE name = ?"
+                            " AND network_verifier = ?",
+                            (hash_password(credential, hasher=self._hasher), stored_name,
+                             verifier))
+        return self.get_user(stored_name)
+
+    # -- the domain's name
+
+    def domain_name(self) -> str | None:
+        """The name of the domain this store belongs to, as its gateway recorded it."""
+        with self._pool.connection() as con:
+            row = con.execute("SELECT name FROM domain_identity WHERE id = 1").fetchone()
+        return None if row is None else str(row[0])
+
+    def set_domain_name(self, name: str) -> str | None:
+        """Record the domain's name (its policy's ``domain.name``); the previous one.
+
+        Networks derive each user's credential for this domain from this name: when
+        it changes, every user must log in directly once (or get a new password)
+        before logging in through a network again.
+        """
+        if not isinstance(name, str) or not name:
+            raise InputError("A domain's name must be a non-empty string.")
+        with self._transaction() as con:
+            row = con.execute("SELECT name FROM domain_identity WHERE id = 1").fetchone()
+            con.execute(
+                "INSERT INTO domain_identity (id, name, updated_at) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name,"
+                " updated_at = excluded.updated_at", (name, self._clock()))
+        return None if row is None else str(row[0])
+
+    def issue_token(self, user: User | str, ttl_s: float, *, token: str | None = None) -> str:
         """A new session token for ``user``, valid ``ttl_s`` seconds.
 
         Only the token's digest is stored; the token itself is returned once.
-        Expired tokens are purged on the way.
+        Expired tokens are purged on the way. ``token`` is one made beforehand
+        with :func:`gateway.passwords.new_token` (a login decided after its token
+        was sent: :mod:`gateway.auth`).
         """
         if not ttl_s > 0:
             raise InputError(f"A token lifetime must be positive, not {ttl_s}.")
         name = user.name if isinstance(user, User) else user
-        token = new_token()
+        token = new_token() if token is None else token
         now = self._clock()
         with self._transaction() as con:
             row = con.execute("SELECT name FROM users WHERE name = ?", (name,)).fetchone()

@@ -7,7 +7,15 @@
     domains:
       - {name: st_marys, url: "grpc://127.0.0.1:8815", timeout_s: 30}
       - {name: city_general, url: "grpc+tls://10.0.0.7:8815", tls_ca: certs/ca.pem}
+      - {name: northern, url: "grpc://10.0.0.9:8815", domain_name: northern_clinic}
     settings: {health_interval_s: 10, metadata_cache_s: 30, max_parallel: 16}
+
+``domain_name`` is the domain's own name (its policy's ``domain.name``) when the
+network lists it under another name. The network never sends a domain the
+analyst's password, but a credential derived from it for that name
+(:mod:`gateway.network_keys`), which the domain checks against its own name; so
+no two domains of a network may have the same ``domain_name`` (or ``name``, when
+``domain_name`` is not given).
 
 Every error names the file and line and, for a misspelt key, the key meant:
 
@@ -33,21 +41,37 @@ from pathlib import Path
 import yaml
 
 from gateway.errors import ConfigError, did_you_mean
+from gateway.flightsql.like import DEFAULT_MAX_PATTERN_LENGTH
+from gateway.limits import RequestLimits
 
 #: The virtual catalog of federated queries; no domain may take its name.
 FEDERATED = "federated"
+_LIMITS = RequestLimits()  # the request limits' defaults, declared with the limits
 _NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 _URL = re.compile(r"\Agrpc(\+tls|\+tcp)?://[^/\s]+:\d+/?\Z")
 
 
 @dataclass(frozen=True)
 class DomainConfig:
-    """One domain of the network: its name in the network, Flight URL, timeout, TLS CA."""
+    """One domain of the network: its name in the network, Flight URL, timeout, TLS CA,
+    and its own name if that differs.
+
+    >>> DomainConfig("northern", "grpc://h:1", domain_name="northern_clinic").own_name
+    'northern_clinic'
+    >>> DomainConfig("st_marys", "grpc://h:1").own_name
+    'st_marys'
+    """
 
     name: str
     url: str
     timeout_s: float = 30.0
     tls_ca: str | None = None  # path of a PEM file (resolved against the config file)
+    domain_name: str | None = None  # its policy's domain.name, if not ``name``
+
+    @property
+    def own_name(self) -> str:
+        """The name the domain gives itself: the analyst's credentials are derived for it."""
+        return self.domain_name or self.name
 
     def tls_root_certs(self) -> bytes | None:
         """The PEM bytes of ``tls_ca``, or None."""
@@ -69,9 +93,25 @@ class NetworkSettings:
     max_parallel: int = 16  # most domain calls in flight at once, across all queries
     session_ttl_s: float = 3600.0  # lifetime of an analyst's network session (and password)
     rejection_memory_s: float = 300.0  # how long a domain's refusal of a password is trusted
+    max_pattern_length: int = DEFAULT_MAX_PATTERN_LENGTH  # longest catalog LIKE pattern
+    # What one request may carry (gateway.limits; the same defaults as a domain gateway).
+    max_query_bytes: int = _LIMITS.max_query_bytes
+    max_query_nodes: int = _LIMITS.max_query_nodes
+    max_query_depth: int = _LIMITS.max_query_depth
+    max_parameter_rows: int = _LIMITS.max_parameter_rows
+    max_parameter_bytes: int = _LIMITS.max_parameter_bytes
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_query_bytes=self.max_query_bytes, max_query_nodes=self.max_query_nodes,
+            max_query_depth=self.max_query_depth, max_parameter_rows=self.max_parameter_rows,
+            max_parameter_bytes=self.max_parameter_bytes)
 
 
 SETTING_KEYS = tuple(NetworkSettings.__dataclass_fields__)
+_WHOLE_NUMBERS = ("max_parallel", "max_pattern_length", "max_query_bytes", "max_query_nodes",
+                  "max_query_depth", "max_parameter_rows", "max_parameter_bytes")
 
 
 @dataclass(frozen=True)
@@ -190,8 +230,10 @@ def load_config_text(text: str, *, file: str | None = None,
     description = net["description"].text() if "description" in net else ""
     domains: list[DomainConfig] = []
     seen: dict[str, str] = {}
+    owners: dict[str, str] = {}  # own name (lower case) → the entry that has it
     for item in top["domains"].items():
-        entries = item.mapping(("name", "url", "timeout_s", "tls_ca"), required=("name", "url"))
+        entries = item.mapping(("name", "url", "timeout_s", "tls_ca", "domain_name"),
+                               required=("name", "url"))
         dname = _named(entries["name"])
         if dname.lower() == FEDERATED:
             raise entries["name"].error(f"'{FEDERATED}' is the network's virtual catalog of "
@@ -211,14 +253,22 @@ def load_config_text(text: str, *, file: str | None = None,
             if not url.startswith("grpc+tls://"):
                 raise entries["tls_ca"].error("tls_ca is for a grpc+tls:// domain")
         timeout = entries["timeout_s"].number() if "timeout_s" in entries else 30.0
-        domains.append(DomainConfig(dname, url, timeout, tls_ca))
+        own = _named(entries["domain_name"]) if "domain_name" in entries else None
+        own_key = (own or dname).lower()
+        if own_key in owners:
+            raise (entries["domain_name"] if own else entries["name"]).error(
+                f"Two domains would be sent credentials derived for the name '{own or dname}' "
+                f"(also {owners[own_key]}): each domain_name (by default the name) must be "
+                "unique, or what one domain receives would be valid at the other")
+        owners[own_key] = item.path
+        domains.append(DomainConfig(dname, url, timeout, tls_ca, own))
     if not domains:
         raise top["domains"].error("List at least one domain")
     settings = NetworkSettings()
     if "settings" in top:
         entries = top["settings"].mapping(SETTING_KEYS)
         values: dict[str, float | int] = {
-            key: (node.count() if key == "max_parallel" else node.number())
+            key: (node.count() if key in _WHOLE_NUMBERS else node.number())
             for key, node in entries.items()
         }
         settings = NetworkSettings(**values)  # type: ignore[arg-type]

@@ -116,6 +116,7 @@ class DomainLink:
     def __init__(self, config: DomainConfig) -> None:
         self.config = config
         self.name = config.name
+        self.own_name = config.own_name  # analysts' credentials here are derived for it
         self.url = config.url
         self.timeout_s = config.timeout_s
         self._tls = config.tls_root_certs()
@@ -165,10 +166,11 @@ class DomainLink:
 
     # -- calls ----------------------------------------------------------------------
 
-    def login(self, user: str, password: str) -> str:
-        """Log ``user`` in; the ``Bearer …`` value to send with every later call."""
+    def login(self, user: str, credential: str) -> str:
+        """Log ``user`` in with ``credential`` (derived for this domain, never a password);
+        the ``Bearer …`` value to send with every later call."""
         try:
-            _, value = self.client.authenticate_basic_token(user, password, self.options())
+            _, value = self.client.authenticate_basic_token(user, credential, self.options())
         except Exception as exc:
             raise self.error(exc) from None
         return value.decode() if isinstance(value, bytes) else str(value)

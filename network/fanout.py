@@ -2,7 +2,9 @@
 
 The planner (:mod:`network.federate`) splits the analyst's aggregate into parts
 each domain can answer; here the parts run, in parallel, on the holders, with
-the analyst's credentials and options, and the planner merges the answers.
+the analyst's credentials and options, and the planner merges the answers. Every
+part is asked with ``x-stockade-dp-parts: true``: a dp domain releases its noisy
+parts unclamped, and the merge clamps once.
 
 Which domains take part: every domain is asked for its tables (as the analyst
 sees them); those that hold the table with the columns the query needs, of
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from gateway.dialects import DP_PARTS_HEADER
 from gateway.errors import (
     AuthenticationError,
     InputError,
@@ -33,6 +36,7 @@ from gateway.errors import (
     UnavailableError,
 )
 from gateway.flightsql.server import TableInfo
+from gateway.limits import MAX_ROWS_KEY, TRUNCATED_KEY, truncated_at
 from gateway.policy_state import LruCache
 from network.auth import NetworkSession, Sessions
 from network.catalog import Catalogs, federated_tables, holders
@@ -162,7 +166,8 @@ class Federation:
             raise combined_error(_ordered(failed, self.links)) if failed else \
                 UnavailableError("No domain answered the federated query")
         merged = plan.merge(parts)
-        return _with_status(merged, {n: status[n] for n in self.links if n in status})
+        return _with_status(merged, {n: status[n] for n in self.links if n in status},
+                            cut=[c for _, part in parts if (c := truncated_at(part.schema))])
 
     def schema(self, session: NetworkSession, plan: Plan, options: Resolved) -> pa.Schema:
         """The answer's schema, without running anything (nothing is charged).
@@ -194,12 +199,17 @@ class Federation:
         return cached
 
 
+#: Sent with every part: a dp domain releases its noisy parts unclamped, and the merge
+#: clamps once (see :mod:`network.federate_merge`).
+PART_HEADERS = ((DP_PARTS_HEADER.encode(), b"true"),)
+
+
 def _part(link: DomainLink, sql: str) -> Any:
-    return lambda token: link.table(token, sql)
+    return lambda token: link.table(token, sql, PART_HEADERS)
 
 
 def _schema_of(link: DomainLink, sql: str) -> Any:
-    return lambda token: link.query_schema(token, sql)
+    return lambda token: link.query_schema(token, sql, PART_HEADERS)
 
 
 def _ordered(failed: Mapping[str, StockadeError], links: Mapping[str, DomainLink]
@@ -207,9 +217,19 @@ def _ordered(failed: Mapping[str, StockadeError], links: Mapping[str, DomainLink
     return {name: failed[name] for name in links if name in failed}
 
 
-def _with_status(table: pa.Table, status: Mapping[str, str]) -> pa.Table:
+def _with_status(table: pa.Table, status: Mapping[str, str], *,
+                 cut: Sequence[int] = ()) -> pa.Table:
+    """``table`` with each domain's status; marked cut if a domain's part was cut.
+
+    >>> t = _with_status(pa.table({"n": [1]}), {"a": "ok", "b": "ok"}, cut=[100, 20])
+    >>> truncated_at(t.schema), t.schema.metadata[STATUS_KEY]
+    (20, b'{"a": "ok", "b": "ok"}')
+    """
     meta = dict(table.schema.metadata or {})
     meta[STATUS_KEY] = json.dumps(dict(status)).encode()
+    if cut:
+        meta[TRUNCATED_KEY] = b"true"
+        meta[MAX_ROWS_KEY] = str(min(cut)).encode()
     return table.replace_schema_metadata(meta)
 
 

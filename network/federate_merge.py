@@ -3,7 +3,8 @@
 The answers are small (one row per group and domain) and hold aggregates only, never a
 protected row, so an in-process DuckDB with no file or network access merges them:
 
-1. ``parts``: every domain's answer, tagged with the domain's position ``__d``;
+1. ``parts``: every domain's answer, tagged with the domain's position ``__d`` (and, for
+   variances, the domain's noise curvature terms ``__cN_*``, see below);
 2. ``windowed``: for variances, the group's mean over all domains (a window per group);
 3. ``m``: one row per group (NULL keys equal, as in GROUP BY) with a statistic ``__sN``
    per part ``__pN`` — counts and sums summed, MIN of minima, MAX of maxima, the mean
@@ -11,17 +12,39 @@ protected row, so an in-process DuckDB with no file or network access merges the
 4. ``merged``: each analyst aggregate ``__aN`` from those statistics;
 
 then the analyst's select list, HAVING, ORDER BY and LIMIT run over ``merged``.
+
+**Noisy parts are clamped once, here.** A network node asks dp domains for their parts
+unclamped (:mod:`network.federate_noise`): a noisy count may be negative, a noisy
+variance too. Clamping each domain's part at 0 before merging biases the merge upward
+(the mean of ``max(X, 0)`` exceeds the mean of X); so the merge adds the noisy parts as
+drawn and then makes a merged COUNT at least 0, gives AVG only for a positive merged count,
+and makes a variance at least 0 — once. A domain whose noisy count is exactly 0 has no AVG
+or VAR_POP (it contributes its count, not its sums; with unclamped parts, whose counts are
+not rounded, this does not happen).
+
+**Variances are corrected for the bias of noisy totals.** VAR_POP = Q/N − (S/N)² of noisy
+totals is biased (E[S²] = S² + Var S, and 1/N is convex): the second-order term
+``½ Σ_d σ_d²·a_dᵀ ∇²f a_d`` over the domains' draws (loads a_d, variances σ_d²) is
+subtracted before clamping. It needs four sums per group over the domains that returned it
+(:func:`network.federate_noise.curvature`), ``K_nn, K_ns, K_nq, K_ss``; with
+``x̄ = S/N``, ``v = M2/N`` and ``u = 1/(N − 1)``:
+
+* VAR_POP: ``[(v − 2x̄²)·K_nn + 4x̄·K_ns − K_nq − K_ss] / N²``;
+* VAR_SAMP: ``(M2·u³ − x̄²·u/N − x̄²·u²)·K_nn + 2x̄·(u/N + u²)·K_ns − u²·K_nq − (u/N)·K_ss``.
+
+Raw and aggregate domains add no noise (all K are 0), so their merge is exact.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
 
 from gateway.errors import StockadeError
+from network.federate_noise import curvature, domain_noise
 from network.federate_split import DOMAIN_COUNT, DOMAINS, MERGED, Aggregate, Part, Split
 
 # The merge runs analyst expressions (over aggregates), so its DuckDB is locked down.
@@ -43,9 +66,16 @@ def _database() -> duckdb.DuckDBPyConnection:
     return con
 
 
+#: The curvature sums of a variance part (see the module and ``federate_noise.curvature``).
+CURVATURE = ("nn", "ns", "nq", "ss")
+Curvatures = Mapping[int, tuple[float, float, float, float]]  # var part index -> sums
+
+
 def merge_table(split: Split, parts: Sequence[tuple[str, pa.Table]]) -> pa.Table:
-    """The final answer with its hidden columns (``__sN``, ``__domains``) still attached."""
+    """The final answer with its hidden columns (``__sN``, ``__aN``, ``__domains``)."""
     needed = [*split.keys, *(p.alias for p in split.parts)]
+    variances = [i for i, p in enumerate(split.parts) if p.kind == "var_pop"]
+    curvatures: list[Curvatures] = []
     con = _database().cursor()
     try:
         for index, (name, table) in enumerate(parts):
@@ -55,13 +85,19 @@ def merge_table(split: Split, parts: Sequence[tuple[str, pa.Table]]) -> pa.Table
                     f"Domain '{name}' answered the federated query without the column(s) "
                     f"{', '.join(missing)}; is it running a different Stockade version?")
             con.register(f"__part{index}", table.select(needed))
-        return con.sql(merge_sql(split, len(parts))).to_arrow_table()
+            noise = domain_noise(split, table) if variances else None
+            curvatures.append({i: curvature(noise, split.parts[i].arg) for i in variances}
+                              if noise else {})
+        return con.sql(merge_sql(split, len(parts), curvatures)).to_arrow_table()
     finally:
         con.close()
 
 
-def merge_sql(split: Split, count: int) -> str:
+def merge_sql(split: Split, count: int, curvatures: Sequence[Curvatures] = ()) -> str:
     """The whole merge as one DuckDB query over ``__part0`` … ``__part{count-1}``.
+
+    ``curvatures`` holds, per domain, the curvature sums of each variance part (none:
+    exact parts).
 
     >>> from network.federate_split import split as split_query
     >>> s = split_query("SELECT COUNT(*) AS n FROM federated.onc.scr")
@@ -71,18 +107,27 @@ def merge_sql(split: Split, count: int) -> str:
     windowed AS (SELECT * FROM parts),
     m AS (SELECT SUM(__p0) AS __s0,
       COUNT(DISTINCT __d) AS domain_count, LIST(DISTINCT __d) AS __domains FROM windowed),
-    merged AS (SELECT *, CAST(COALESCE(__s0, 0) AS BIGINT) AS __a0 FROM m)
-    SELECT __a0 AS "n", domain_count, __s0, __domains FROM merged
+    merged AS (SELECT *, CAST(GREATEST(COALESCE(__s0, 0), 0) AS BIGINT) AS __a0 FROM m)
+    SELECT __a0 AS "n", domain_count, __s0, __a0, __domains FROM merged
     """
     columns = ", ".join([*split.keys, *(p.alias for p in split.parts)])
+    variances = [i for i, p in enumerate(split.parts) if p.kind == "var_pop"]
+
+    def constants(domain: int) -> str:
+        sums = curvatures[domain] if domain < len(curvatures) else {}
+        return "".join(
+            f", CAST({float(value)!r} AS DOUBLE) AS __c{i}_{name}" for i in variances
+            for name, value in zip(CURVATURE, sums.get(i, (0.0,) * 4), strict=True))
+
     union = "\n  UNION ALL BY NAME ".join(
-        f"SELECT {i} AS __d, {columns} FROM __part{i}" for i in range(count))
+        f"SELECT {i} AS __d, {columns}{constants(i)} FROM __part{i}" for i in range(count))
     by = {(p.kind, p.arg): p for p in split.parts}
     partition = f"PARTITION BY {', '.join(split.keys)}" if split.keys else ""
     means = [f", SUM({by['count', p.arg].alias} * {by['avg', p.arg].alias}) OVER ({partition})"
              f" / NULLIF(SUM({by['count', p.arg].alias}) OVER ({partition}), 0) AS __w{i}"
              for i, p in enumerate(split.parts) if p.kind == "var_pop"]
     stats = [f"{_statistic(i, p, by)} AS __s{i}" for i, p in enumerate(split.parts)]
+    stats += [f"SUM(__c{i}_{name}) AS __c{i}_{name}" for i in variances for name in CURVATURE]
     group = f"\n  GROUP BY {', '.join(split.keys)}" if split.keys else ""
     keys = "".join(f"{k}, " for k in split.keys)
     aggregates = "".join(f", {_merged(a, split)} AS {a.alias}" for a in split.aggregates)
@@ -114,22 +159,30 @@ def _statistic(index: int, part: Part, by: dict[tuple[str, str], Part]) -> str:
 
 
 def _merged(aggregate: Aggregate, split: Split) -> str:
-    """An analyst aggregate over the statistics of its parts."""
+    """An analyst aggregate over the statistics of its parts (noisy parts clamped once)."""
     s = [f"__s{split.parts.index(p)}" for p in aggregate.parts]
     kind = aggregate.kind
     if kind == "count":
-        return f"CAST(COALESCE({s[0]}, 0) AS BIGINT)"
+        return f"CAST(GREATEST(COALESCE({s[0]}, 0), 0) AS BIGINT)"
     if kind in ("sum", "min", "max"):
         return s[0]
     if kind == "avg":
         total, n = s
-        return f"CAST({total} AS DOUBLE) / NULLIF({n}, 0)"
-    n, _mean, m2 = s
-    population = kind.endswith("_pop")
-    least = 0 if population else 1
-    denominator = f"CAST({n} AS DOUBLE)" + ("" if population else " - 1")
-    variance = f"CASE WHEN {n} > {least} THEN {m2} / ({denominator}) END"
+        return f"CASE WHEN {n} > 0 THEN CAST({total} AS DOUBLE) / {n} END"
+    n_stat, mean, m2 = s
+    c = {name: f"__c{split.parts.index(aggregate.parts[2])}_{name}" for name in CURVATURE}
+    n = f"CAST({n_stat} AS DOUBLE)"
+    if kind.endswith("_pop"):
+        least, value = 0, f"{m2} / {n}"
+        bias = (f"((({value}) - 2 * {mean} * {mean}) * {c['nn']} + 4 * {mean} * {c['ns']}"
+                f" - {c['nq']} - {c['ss']}) / ({n} * {n})")
+    else:
+        least, value, u = 1, f"{m2} / ({n} - 1)", f"(1 / ({n} - 1))"
+        bias = (f"({m2} * {u} * {u} * {u} - {mean} * {mean} * {u} / {n}"
+                f" - {mean} * {mean} * {u} * {u}) * {c['nn']}"
+                f" + 2 * {mean} * ({u} / {n} + {u} * {u}) * {c['ns']}"
+                f" - {u} * {u} * {c['nq']} - {u} / {n} * {c['ss']}")
+    variance = f"CASE WHEN {n_stat} > {least} THEN GREATEST({value} - ({bias}), 0) END"
     if kind.startswith("stddev"):
-        # M2 is a sum of squares, never below 0 from raw parts; noisy parts may be.
-        return f"SQRT(CASE WHEN {variance} < 0 THEN 0 ELSE {variance} END)"
+        return f"SQRT({variance})"
     return variance

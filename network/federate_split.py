@@ -12,8 +12,9 @@ A query on ``federated.DATASET.TABLE`` becomes two queries:
 >>> s = split("SELECT site, AVG(age) AS a FROM federated.onc.scr GROUP BY site")
 >>> s.domain_sql
 'SELECT site AS __g0, SUM(age) AS __p0, COUNT(age) AS __p1 FROM onc.scr GROUP BY site'
->>> s.final.sql("duckdb")
-'SELECT __g0 AS "site", __a0 AS "a", domain_count, __s0, __s1, __domains FROM merged ORDER BY __g0'
+>>> print(s.final.sql("duckdb").replace(" FROM", "\\nFROM"))
+SELECT __g0 AS "site", __a0 AS "a", domain_count, __s0, __s1, __a0, __domains
+FROM merged ORDER BY __g0
 """
 
 from __future__ import annotations
@@ -457,7 +458,8 @@ class _Splitter:
                 final.set(clause, value.copy())
         # Every aggregate is known now (HAVING and ORDER BY may add some): the hidden
         # columns carry what the noise of dp parts is computed from (see federate_noise).
-        hidden = [f"__s{i}" for i in range(len(self.parts))] + [DOMAINS]
+        hidden = [f"__s{i}" for i in range(len(self.parts))] + [
+            a.alias for a in self.aggregates.values()] + [DOMAINS]
         final.set("expressions", [
             *(exp.alias_(o.expr.copy(), o.name, quoted=True) for o in outputs),
             exp.column(DOMAIN_COUNT), *(exp.column(h) for h in hidden)])

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sqlglot import exp
 
 from gateway.errors import SqlError, did_you_mean
+from gateway.limits import RequestLimits
 from network.config import FEDERATED
 from policy.locate import location
 from policy.rules.parse import parse
@@ -40,14 +41,14 @@ class Target:
 
 
 def route(sql: str, dialect: str, domains: Sequence[str], *,
-          for_domain: str | None = None) -> Target:
+          for_domain: str | None = None, limits: RequestLimits | None = None) -> Target:
     """The catalog ``sql`` reads and the SQL for it.
 
-    ``sql`` is the query with its options comment blanked out (it is parsed);
-    ``for_domain`` is the text a domain gets (the same positions, the options
-    comment kept), by default ``sql``.
+    ``sql`` is the query with its options comment blanked out (it is parsed,
+    within ``limits``); ``for_domain`` is the text a domain gets (the same
+    positions, the options comment kept), by default ``sql``.
     """
-    expression = parse(sql, dialect=dialect)
+    expression = parse(sql, dialect=dialect, limits=limits)
     ctes = {cte.alias_or_name.lower() for cte in expression.find_all(exp.CTE)}
     by_lower = {name.lower(): name for name in [*domains, FEDERATED]}
     found: dict[str, list[exp.Table]] = {}

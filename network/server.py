@@ -10,8 +10,12 @@
   (:mod:`network.routing`), and the domain's answer streams back unchanged;
 - a query on ``federated.DATASET.TABLE`` runs on every domain that holds the
   table and the answers are merged (:mod:`network.fanout`);
-- actions ``stockade.network.status`` (open to anyone: domains, health) and
+- actions ``stockade.network.status`` (domains, their URLs and health) and
   ``stockade.search`` (:mod:`network.search`).
+
+Every call needs a login (:mod:`network.auth`), metadata and ListActions
+included, but one: the action ``stockade.network.health``, a probe for load
+balancers that answers ``{"status": "ok"}`` to anyone and says nothing else.
 
 A ``dp`` domain computes and charges its answer at GetFlightInfo and keeps it
 for the DoGet that follows. The network does the same: at GetFlightInfo it asks
@@ -62,6 +66,8 @@ log = logging.getLogger("stockade.network")
 AUTH = "auth"
 SESSION_OPTIONS = (DIALECT_OPTION, EPSILON_OPTION, PARTIAL_OPTION)
 STATUS_ACTION = "stockade.network.status"
+HEALTH_ACTION = "stockade.network.health"
+HEALTH_ANSWER = b'{"status": "ok"}'
 SEARCH_ACTION = "stockade.search"
 
 
@@ -106,7 +112,9 @@ class NetworkServer(FlightSqlServer):
                                   "middleware": {AUTH: NetworkAuthFactory(self.sessions)}}
         if tls_certificates:
             kwargs["tls_certificates"] = list(tls_certificates)
-        super().__init__(location, max_batch_bytes=max_batch_bytes, **kwargs)
+        super().__init__(location, max_batch_bytes=max_batch_bytes,
+                         max_pattern_length=settings.max_pattern_length,
+                         limits=settings.request_limits, **kwargs)
         if start_health:
             self.health.start()
 
@@ -125,6 +133,12 @@ class NetworkServer(FlightSqlServer):
 
     def session_owner(self, context: flight.ServerCallContext) -> str:
         return self.session(context).id
+
+    def check_caller(self, context: flight.ServerCallContext, action_type: str | None = None
+                     ) -> None:
+        """Every call needs a login, but the health probe."""
+        if action_type != HEALTH_ACTION:
+            self.session(context)
 
     def options(self, context: flight.ServerCallContext, sql: str
                 ) -> tuple[Resolved, QueryOptions]:
@@ -216,7 +230,7 @@ class NetworkServer(FlightSqlServer):
                 ) -> tuple[Target, Resolved]:
         resolved, parsed = self.options(context, query)
         target = route(parsed.blank, resolved.dialect, list(self.links),
-                       for_domain=parsed.for_domain)
+                       for_domain=parsed.for_domain, limits=self.limits)
         return target, resolved
 
     @staticmethod
@@ -305,14 +319,18 @@ class NetworkServer(FlightSqlServer):
 
     def custom_actions(self) -> Sequence[tuple[str, str]]:
         return [
-            (STATUS_ACTION, "The network's domains and their health (no login needed)"),
+            (STATUS_ACTION, "The network's domains, their URLs and health"),
+            (HEALTH_ACTION, 'A health probe: {"status": "ok"} (no login needed)'),
             (SEARCH_ACTION, 'Find datasets across the domains: {"term": "cancer"}'),
         ]
 
     def custom_action(
         self, context: flight.ServerCallContext, action_type: str, body: bytes
     ) -> Iterable[bytes]:
+        if action_type == HEALTH_ACTION:
+            return [HEALTH_ANSWER]
         if action_type == STATUS_ACTION:
+            self.session(context)
             return [json.dumps(self.status()).encode()]
         if action_type == SEARCH_ACTION:
             session = self.session(context)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from gateway.errors import StockadeError
+from gateway.limits import Deadline, RequestLimits
 from policy.access import catalog_for
 from policy.expressions import bind_secrets, secrets_used
 from policy.model import Policy
@@ -126,12 +127,16 @@ def plan_query(
     schemas: Schemas,
     dialect: str = "duckdb",
     max_rows: int | None = None,
+    limits: RequestLimits | None = None,
+    deadline: Deadline | None = None,
 ) -> QueryPlan:
     """Check ``sql`` against the policy for ``principal`` and rewrite it for DuckDB.
 
-    ``max_rows`` defaults to the role's limit from the policy.
+    ``max_rows`` defaults to the role's limit from the policy. ``limits`` bound the
+    text and its tree (:func:`policy.rules.parse.parse`); ``deadline``, when given,
+    is checked after parsing and after each rule (each is bounded by the limits).
     """
-    expression = parse(sql, dialect=dialect)
+    expression = parse(sql, dialect=dialect, limits=limits)
     parameters = _placeholders(expression)
     catalog = catalog_for(policy, principal)
     if max_rows is None:
@@ -152,7 +157,11 @@ def plan_query(
                     use = TableUse(access.dataset, access.table, access.mode)
                     if use not in uses:
                         uses.append(use)
+        if deadline is not None:
+            deadline.check()
         expression = rule(expression, **context)
+    if deadline is not None:
+        deadline.check()
     used = secrets_used(expression)
     expression, shown = bind_secrets(expression, policy.secrets)
     if _placeholders(expression) != parameters:

@@ -32,6 +32,7 @@ from gateway.errors import (
 )
 from stockade.client import Connection, connect
 from stockade.dataframe import DataFrame
+from stockade.errors import TruncatedAnswerWarning
 from stockade.frame import Table
 from stockade.privacy import ColumnNoise, DomainSpend, Privacy
 
@@ -56,6 +57,7 @@ __all__ = [
     "StockadeError",
     "Table",
     "TableNotFoundError",
+    "TruncatedAnswerWarning",
     "UnavailableError",
     "UnknownColumnError",
     "__version__",

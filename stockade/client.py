@@ -38,9 +38,10 @@ from gateway.errors import (
     TableNotFoundError,
     UnavailableError,
 )
+from gateway.limits import truncated_at
 from gateway.remote import GatewayClient
 from stockade.dataframe import DataFrame, as_pandas, as_polars
-from stockade.errors import from_driver
+from stockade.errors import TruncatedAnswerWarning, from_driver
 
 if TYPE_CHECKING:
     from stockade.frame import Source, Table
@@ -157,6 +158,9 @@ class Connection:
         ``epsilon`` is the ε per noisy value for ``dp`` tables (else the policy's
         ``epsilon_per_query``); ``dialect`` the SQL dialect (else DuckDB's);
         ``partial_results`` (network only) answers from the domains that answered.
+        An answer cut at the role's ``max_rows`` warns
+        (:class:`~stockade.errors.TruncatedAnswerWarning`) and says so in its schema
+        (``stockade.truncated``, ``stockade.max_rows``).
         """
         self._check_open()
         headers = self._headers(query, epsilon=epsilon, dialect=dialect,
@@ -167,11 +171,18 @@ class Connection:
                 if headers:
                     cursor.adbc_statement.set_options(**headers)
                 cursor.execute(query)
-                return cursor.fetch_arrow_table()
+                table = cursor.fetch_arrow_table()
             finally:
                 cursor.close()
         except adbc_driver_manager.Error as exc:
             raise from_driver(exc, self.url) from None
+        cut = truncated_at(table.schema)
+        if cut is not None:
+            warnings.warn(TruncatedAnswerWarning(
+                f"The answer stops at {cut} rows, the most your role may fetch (max_rows); "
+                "rows past them were not sent. Filter or aggregate, or ask the data owner "
+                "for a higher limit."), stacklevel=2)
+        return table
 
     def sql(self, query: str, *, epsilon: float | None = None, dialect: str | None = None,
             partial_results: bool | None = None) -> DataFrame:

@@ -32,6 +32,14 @@ from gateway.errors import (
     UnknownColumnError,
 )
 
+
+class TruncatedAnswerWarning(UserWarning):
+    """An answer stops at the role's ``max_rows``: rows past it were not sent.
+
+    Turn it into an error with ``warnings.simplefilter("error", TruncatedAnswerWarning)``.
+    """
+
+
 _STATUS = re.compile(r"\A[A-Z_]+: ")
 _DRIVER = re.compile(r"\[FlightSQL\] ")
 _DETAIL = re.compile(r"\.? Detail: .*\Z", re.S)

@@ -16,17 +16,20 @@ value (``biopsy``, 3 patients) that aggregate mode suppresses.
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.flight as flight
 
 USERS = {
     "owner": ("owner", "owner-password"),
@@ -164,12 +167,21 @@ def start_domain(root: Path, name: str, *, users: bool = True) -> RunningDomain:
 
 
 def network_yaml(domains: dict[str, str], *, timeout_s: float = 10.0,
-                 settings: str = "{health_interval_s: 0.5, metadata_cache_s: 30}") -> str:
-    """A network config over ``domains`` (name → url)."""
+                 settings: str = "{health_interval_s: 0.5, metadata_cache_s: 30}",
+                 own_names: dict[str, str] | None = None) -> str:
+    """A network config over ``domains`` (name → url).
+
+    ``own_names`` gives the policy name of a domain listed under another name (the
+    network derives its credentials for that name); by default a domain of
+    :data:`DOMAINS` gets its ``policy_name``.
+    """
+    own = {n: spec["policy_name"] for n, spec in DOMAINS.items() if spec["policy_name"] != n}
+    own.update(own_names or {})
     lines = ["version: 1", "network: {name: test_net, description: \"Three test domains\"}",
              "domains:"]
     for name, url in domains.items():
-        lines.append(f"  - {{name: {name}, url: \"{url}\", timeout_s: {timeout_s}}}")
+        extra = f", domain_name: {own[name]}" if name in own and own[name] != name else ""
+        lines.append(f"  - {{name: {name}, url: \"{url}\", timeout_s: {timeout_s}{extra}}}")
     lines.append(f"settings: {settings}")
     return "\n".join(lines) + "\n"
 
@@ -192,12 +204,15 @@ def connect(url: str, user: str, password: str | None = None, **db_kwargs: str) 
 class DelayProxy:
     """A TCP proxy on loopback that forwards to ``target`` after ``delay_s`` per chunk.
 
-    Set ``delay_s`` at any time: 0 forwards at once.
+    Set ``delay_s`` at any time: 0 forwards at once. With ``source`` (another
+    loopback address, e.g. ``127.0.0.2``) the target sees the clients of the
+    proxy come from there: a second client address on one machine.
     """
 
     target: tuple[str, int]
     delay_s: float = 0.0
     port: int = 0
+    source: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _listener: socket.socket | None = None
 
@@ -224,7 +239,8 @@ class DelayProxy:
             except OSError:
                 continue
             try:
-                upstream = socket.create_connection(self.target)
+                upstream = socket.create_connection(
+                    self.target, source_address=(self.source, 0) if self.source else None)
             except OSError:
                 client.close()
                 continue
@@ -243,7 +259,7 @@ class DelayProxy:
                 if self.delay_s:
                     time.sleep(self.delay_s)
                 sink.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the other direction closed both sockets
             pass
         finally:
             for s in (source, sink):
@@ -270,3 +286,90 @@ def ground_truth(paths: list[Path], sql: str) -> list[tuple[Any, ...]]:
 
 def iter_rows(table: Any) -> Iterator[dict[str, Any]]:
     yield from table.to_pylist()
+
+
+class _NoCredentials(flight.ClientAuthHandler):  # type: ignore[misc]
+    """A Handshake that sends no credentials at all."""
+
+    def authenticate(self, outgoing: Any, incoming: Any) -> None:
+        return None
+
+    def get_token(self) -> bytes:
+        return b""
+
+
+def unauthenticated(exc: BaseException | None) -> bool:
+    """Whether a call failed with gRPC UNAUTHENTICATED (pyarrow's GetSchema raises it as a
+    plain OSError whose detail names the status)."""
+    return isinstance(exc, flight.FlightUnauthenticatedError) or (
+        isinstance(exc, OSError) and "Detail: Unauthenticated" in str(exc))
+
+
+def anonymous_call_errors(url: str) -> dict[str, BaseException | None]:
+    """Every kind of Flight call, made without credentials: what each raised (None: answered)."""
+    from gateway.flightsql import flight_sql_pb2 as pb
+    from gateway.flightsql.server import pack
+
+    client = flight.FlightClient(url)
+    options = flight.FlightCallOptions(timeout=30)
+    metadata = {
+        "GetSqlInfo": pb.CommandGetSqlInfo(),
+        "GetXdbcTypeInfo": pb.CommandGetXdbcTypeInfo(),
+        "GetCatalogs": pb.CommandGetCatalogs(),
+        "GetDbSchemas": pb.CommandGetDbSchemas(),
+        "GetTables": pb.CommandGetTables(include_schema=True),
+        "GetTableTypes": pb.CommandGetTableTypes(),
+        "GetPrimaryKeys": pb.CommandGetPrimaryKeys(table="screenings"),
+        "GetExportedKeys": pb.CommandGetExportedKeys(table="screenings"),
+        "GetCrossReference": pb.CommandGetCrossReference(pk_table="a", fk_table="b"),
+        "StatementQuery": pb.CommandStatementQuery(query="SELECT 1"),
+    }
+    calls: dict[str, Callable[[], object]] = {}
+    for name, command in metadata.items():
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
+        calls[f"GetFlightInfo {name}"] = functools.partial(client.get_flight_info, descriptor,
+                                                           options)
+        calls[f"GetSchema {name}"] = functools.partial(client.get_schema, descriptor, options)
+        ticket = flight.Ticket(pack(command))
+        calls[f"DoGet {name}"] = functools.partial(
+            lambda t: client.do_get(t, options).read_all(), ticket)
+    for kind, body in [
+        ("stockade.network.status", b"{}"), ("stockade.search", b'{"term": "a"}'),
+        ("stockade.catalog", b"{}"), ("stockade.whoami", b"{}"),
+        ("CreatePreparedStatement", pack(pb.ActionCreatePreparedStatementRequest(
+            query="SELECT 1"))),
+        ("CancelQuery", b""), ("CloseSession", b""), ("BeginTransaction", b""),
+        ("no.such.action", b""),
+    ]:
+        calls[f"DoAction {kind}"] = functools.partial(
+            lambda a: list(client.do_action(a, options)), flight.Action(kind, body))
+    calls["ListActions"] = lambda: client.list_actions(options)
+    calls["ListFlights"] = lambda: list(client.list_flights(options=options))
+    calls["Handshake"] = lambda: client.authenticate(_NoCredentials(), options)
+
+    def do_put() -> None:
+        command = pb.CommandPreparedStatementQuery(prepared_statement_handle=b"x")
+        schema = pa.schema([("p", pa.int64())])
+        writer, _ = client.do_put(flight.FlightDescriptor.for_command(pack(command)), schema,
+                                  options)
+        writer.write_batch(pa.record_batch([pa.array([1])], schema=schema))
+        writer.close()
+
+    def do_exchange() -> None:
+        writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(b"x"), options)
+        writer.done_writing()
+        reader.read_all()
+
+    calls["DoPut"] = do_put
+    calls["DoExchange"] = do_exchange
+    out: dict[str, BaseException | None] = {}
+    try:
+        for name, call in calls.items():
+            try:
+                call()
+                out[name] = None
+            except Exception as exc:
+                out[name] = exc
+    finally:
+        client.close()
+    return out

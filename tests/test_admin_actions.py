@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -195,3 +196,77 @@ def test_actions_are_listed(gateway, owner):  # type: ignore[no-untyped-def]
     names = [a.type for a in owner.client.list_actions(owner.options)]
     assert {"stockade.whoami", "stockade.requests.approve", "stockade.budget"} <= set(names)
     assert owner("stockade.whoami")["admin"] is True
+
+
+# ---------------------------------------------------------------- denied = missing
+
+DENIED, MISSING = "secret", "vaults"  # "secret" exists, analysts may not read it; same length
+
+
+def answer(client: Client, kind: str, body: dict[str, Any]) -> bytes:
+    """The raw answer to an action: its result's bytes, or the error's class and text."""
+    try:
+        results = list(client.client.do_action(
+            flight.Action(kind, json.dumps(body).encode()), client.options))
+    except (flight.FlightError, pa.ArrowException) as exc:
+        return f"{type(exc).__name__}: {exc}".encode()
+    return b"result: " + b"".join(r.body.to_pybytes() for r in results)
+
+
+def anonymised(raw: bytes, dataset: str) -> bytes:
+    """``raw`` with the dataset's name, and a request's id and filing time, blanked."""
+    text = raw.decode().replace(dataset, "<dataset>")
+    text = re.sub(r'"id": \d+', '"id": <id>', text)
+    text = re.sub(r'"created_at": "[^"]*"', '"created_at": <time>', text)
+    return text.encode()
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    ("stockade.request_budget", {"dataset": "{}", "epsilon": 1.0, "reason": "a study"}),
+    ("stockade.request_budget", {"dataset": "{}", "epsilon": -1, "reason": "a study"}),
+    ("stockade.request_access", {"dataset": "{}", "mode": "raw", "reason": "a study"}),
+    ("stockade.request_access", {"dataset": "{}", "mode": "raww", "reason": "a study"}),
+    ("stockade.cost", {"query": "SELECT count(*) AS n FROM {}.salaries"}),
+])
+def test_a_denied_dataset_answers_as_a_missing_one(gateway, analyst, kind, body):  # type: ignore[no-untyped-def]
+    # Before: request_budget said "unknown dataset" for one and "not in dp mode" for the
+    # other, and request_access refused the missing one but filed the denied one.
+    _, me = analyst
+
+    def ask(dataset: str) -> bytes:
+        filled = {k: v.replace("{}", dataset) if isinstance(v, str) else v
+                  for k, v in body.items()}
+        return anonymised(answer(me, kind, filled), dataset)
+
+    denied, missing = ask(DENIED), ask(MISSING)
+    assert denied == missing
+    assert b"Traceback" not in denied
+
+
+def test_suggestions_come_only_from_what_the_analyst_sees(gateway, owner, analyst):  # type: ignore[no-untyped-def]
+    _, me = analyst
+    budget = {"epsilon": 1.0, "reason": "a study"}
+    for near_denied in ("secrt", "registri"):  # before: "Did you mean 'secret'?"
+        raw = answer(me, "stockade.request_budget", {"dataset": near_denied, **budget})
+        assert b"Did you mean" not in raw and b"secret" not in raw and b"registry" not in raw
+    raw = answer(me, "stockade.request_budget", {"dataset": "oncolgy", **budget})
+    assert b"Did you mean 'oncology'?" in raw  # a dataset the analyst reads in dp mode
+    filed = me("stockade.request_access", {"dataset": "oncolgy", "mode": "raw",
+                                           "reason": "typo"})
+    assert filed["dataset"] == "oncolgy" and "Did you mean 'oncology'?" in filed["note"]
+    assert "note" not in me("stockade.request_access",
+                            {"dataset": "secrt", "mode": "raw", "reason": "near a denied one"})
+
+
+def test_owners_see_whether_a_requested_dataset_exists(gateway, owner, analyst):  # type: ignore[no-untyped-def]
+    name, me = analyst
+    for dataset in (DENIED, MISSING):
+        me("stockade.request_access", {"dataset": dataset, "mode": "aggregate",
+                                       "reason": "for a study"})
+    mine = {r["dataset"]: r for r in owner("stockade.requests.list", {"status": "pending"})
+            if r["user"] == name}
+    assert mine[DENIED]["dataset_in_policy"] is True
+    assert mine[MISSING]["dataset_in_policy"] is False
+    assert all("dataset_in_policy" not in r for r in me("stockade.my_requests"))
+    approved = owner("stockade.requests.approve", {"id": mine[MISSING]["id"]})
+    assert approved["note"].startswith(f"'{MISSING}' is not a dataset of the policy")

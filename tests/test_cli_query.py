@@ -114,6 +114,23 @@ def test_table_shows_max_rows_then_how_many_more(gateway, cli):  # type: ignore[
     assert out.splitlines()[-1] == "(60 rows)" and len(out.splitlines()) == 63
 
 
+def test_footer_says_when_the_answer_was_cut(gateway, cli, tmp_path):  # type: ignore[no-untyped-def]
+    sql = "SELECT screening_id FROM oncology.screenings"  # carl may fetch 100 rows
+    code, out, err = cli("query", "--url", gateway.url, "--max-rows", "2", sql, user="carl")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == (
+        "truncated: the answer stops at 100 rows, the most your role may fetch (max_rows); "
+        "filter or aggregate, or ask the data owner for more")
+    assert "… 98 more rows (100 in all;" in out
+    target = tmp_path / "cut.csv"
+    code, out, err = cli("query", "--url", gateway.url, "--output", str(target), sql,
+                         user="carl")
+    assert code == 0 and err.startswith("truncated: the answer stops at 100 rows")
+    assert len(target.read_text().splitlines()) == 101  # header and 100 rows
+    code, out, err = cli("query", "--url", gateway.url, sql + " LIMIT 100", user="carl")
+    assert code == 0 and "truncated" not in out + err
+
+
 ROWS = ("SELECT screening_id, site, screened_on, age, test, tumor_size_mm "
         "FROM oncology.screenings ORDER BY screening_id LIMIT 700")
 AGGREGATES = ("SELECT site, count(*) AS n, sum(age) AS total_age, avg(tumor_size_mm) AS mean_size "
@@ -169,24 +186,25 @@ def test_dp_footer_accounts_exactly(gateway, cli, analyst):  # type: ignore[no-u
     code, out, err = cli("query", "--url", gateway.url, count, **run)
     assert (code, err) == (0, "")
     # ε 0.1 per query (the analyst role's epsilon_per_query); a count's sensitivity is
-    # max_rows_per_unit = 5, so the Laplace scale is 5 / 0.1 = 50 and the 95% half-width
-    # 50 · ln(20) = 149.787.
+    # max_rows_per_unit = 5, so the Laplace scale is 5 / 0.1 = 50; a count is a whole
+    # number, so its 95% half-width is the smallest whole k >= 50 · ln(20) - 1/2: 150.
     assert _footer(out) == [
         "privacy: ε spent 0.1, remaining 2.9; δ spent 0, remaining 1e-06",
         "column  mechanism  95% half-width",
-        "n       laplace    ±149.787",
+        "n       laplace    ±150",
     ]
     noisy = int(out.splitlines()[2])
     assert abs(noisy - 20_000) < 25 * 50
     code, out, _ = cli("query", "--url", gateway.url, count + " WHERE age > 40", **run)
     assert _footer(out)[0] == "privacy: ε spent 0.1, remaining 2.8; δ spent 0, remaining 1e-06"
-    # --epsilon changes the spend and the noise: scale 5 / 0.25 = 20, half-width 59.9146.
+    # --epsilon changes the spend and the noise: scale 5 / 0.25 = 20, half-width
+    # ceil(20 · ln(20) - 1/2) = 60.
     code, out, _ = cli("query", "--url", gateway.url, "--epsilon", "0.25",
                        count + " WHERE age > 50", **run)
     assert _footer(out) == [
         "privacy: ε spent 0.25, remaining 2.55; δ spent 0, remaining 1e-06",
         "column  mechanism  95% half-width",
-        "n       laplace    ±59.9146",
+        "n       laplace    ±60",
     ]
     # The same question again: the same answer, nothing spent.
     code, again, _ = cli("query", "--url", gateway.url, count, **run)

@@ -81,7 +81,12 @@ def add(data: str, mp: pytest.MonkeyPatch, cap: pytest.CaptureFixture[str], *ext
 
 def test_add_and_list(data: str, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     code, out, err = add(data, monkeypatch, capsys, "--attr", "site=north", "--attr", "level=3")
-    assert (code, err) == (0, "")
+    # A store no gateway has opened yet does not know the domain's name: the only
+    # output on stderr is the note that network logins need one direct login first.
+    assert code == 0 and err == (
+        "note: this domain's gateway has not started yet, so 'alice' can log in through a "
+        "network only after one direct login (the state store learns the domain's name when "
+        "its gateway starts).\n")
     assert out == "Added user 'alice' with role 'analyst'.\n"
     with StateStore(data) as store:
         user = store.authenticate("alice", "password-1")  # newline stripped
@@ -394,3 +399,19 @@ def test_in_a_real_process(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     done = stockade("users", "remove", "nobody", "--data-dir", data)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_a_user_added_before_the_gateway_started_is_told_about_network_logins(
+        data: str, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    from gateway.network_keys import derive
+
+    code, _, err = run(["users", "add", "bob", "--role", "analyst", "--password-stdin",
+                        "--data-dir", data], monkeypatch, capsys, stdin="password-2\n")
+    assert code == 0 and "can log in through a network only after one direct login" in err
+    with StateStore(data) as store:
+        store.set_domain_name("st_marys")  # the gateway starts
+    code, _, err = run(["users", "passwd", "bob", "--password-stdin", "--data-dir", data],
+                       monkeypatch, capsys, stdin="password-3\n")
+    assert code == 0 and err == ""
+    with StateStore(data) as store:
+        assert store.authenticate("bob", derive("password-3", "st_marys")).name == "bob"

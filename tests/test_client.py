@@ -77,6 +77,20 @@ GROUPED = ("SELECT site, count(*) AS n, sum(age) AS total, avg(age) AS mean_age 
            "FROM oncology.screenings WHERE age > 40 GROUP BY site ORDER BY site")
 
 
+def test_an_answer_cut_at_max_rows_says_so(gateway, conn):  # type: ignore[no-untyped-def]
+    carl = conn("carl")  # clinician: at most 100 rows
+    sql = "SELECT screening_id FROM oncology.screenings"
+    with pytest.warns(stockade.TruncatedAnswerWarning, match="The answer stops at 100 rows"):
+        df = carl.sql(sql)
+    assert (df.height, df.truncated, df.max_rows) == (100, True, 100)
+    with pytest.warns(stockade.TruncatedAnswerWarning):
+        frame = carl.pandas(sql)
+    assert (len(frame), frame.attrs["truncated"], frame.attrs["max_rows"]) == (100, True, 100)
+    whole = carl.sql(sql + " LIMIT 100")  # no warning (warnings are errors here)
+    assert (whole.height, whole.truncated, whole.max_rows) == (100, False, None)
+    assert carl.pandas(sql + " LIMIT 100").attrs["truncated"] is False
+
+
 def test_sql_is_a_polars_dataframe_with_exact_values(gateway, conn):  # type: ignore[no-untyped-def]
     df = conn("rita").sql(GROUPED)
     assert isinstance(df, pl.DataFrame) and isinstance(df, stockade.DataFrame)

@@ -286,6 +286,20 @@ def test_deny_needs_a_reason(gateway, owner, analyst):  # type: ignore[no-untype
     assert mine["status"] == "denied" and mine["decision_reason"] == "Not for this project"
 
 
+def test_a_request_for_no_dataset_is_marked_for_the_owner(gateway, owner, analyst):  # type: ignore[no-untyped-def]
+    # The analyst cannot tell a denied dataset from a missing one; the owner can.
+    name, me = analyst
+    missing = me.action("stockade.request_access", {"dataset": "vaults", "mode": "raw",
+                                                    "reason": "Heard of it"})["id"]
+    denied = me.action("stockade.request_access", {"dataset": "secret", "mode": "raw",
+                                                   "reason": "Heard of it too"})["id"]
+    at = console(owner, "page_requests.py")
+    warnings = [w.value for w in at.warning]
+    assert "'vaults' is not a dataset of the policy." in warnings
+    assert "'secret' is not a dataset of the policy." not in warnings
+    assert f"#{missing} · {name}" in texts(at) and f"#{denied} · {name}" in texts(at)
+
+
 def test_approving_zero_epsilon_is_refused(gateway, owner, analyst):  # type: ignore[no-untyped-def]
     name, me = analyst
     rid = me.action("stockade.request_budget",
@@ -618,11 +632,22 @@ def test_network_page_shows_each_domains_health(gateway, owner, monkeypatch):  #
     try:
         monkeypatch.setenv("STOCKADE_NETWORK", url)
         at = console(owner, "page_network.py")
+        # The network answers logged-in users only: the page asks for a login of its own.
+        assert "answers logged-in users only" in texts(at) and not at.dataframe
+        assert at.text_input(key="network_user").value == "owner"  # the console's user
+        at.text_input(key="network_password").set_value("not-the-password")
+        at.button(key="network_submit").click().run()
+        [message] = errors(at)
+        assert message.startswith("Wrong user name or password")
+        at.text_input(key="network_password").set_value(USERS["owner"][1])
+        at.button(key="network_submit").click().run()
         said = texts(at)
         assert "1 of 2 domains up" in said
         assert "Domain 'west_wing' is down" in said
         health = table(at, "domain", "state").set_index("domain")
         assert health.loc["st_marys", "state"] == "up"
         assert health.loc["west_wing", "state"] == "down"
+        at.button(key="network_logout").click().run()
+        assert "answers logged-in users only" in texts(at)
     finally:
         server.shutdown()

@@ -515,3 +515,76 @@ def test_rows_come_in_group_key_order_without_order_by(env: DpEnv) -> None:
                         user=f"u{i}")
         assert table["site"].to_pylist() == ["site0", "site1"]
         assert table.schema.metadata[b"stockade.dp.order"] == b"group key"
+
+
+def test_parts_take_squares_around_the_bounds_midpoint(env: DpEnv) -> None:
+    # cost is bounded to [0, 100]. As parts for a network node, its squares are taken
+    # around 50, so one row moves their sum by at most 50² = 2500, not 100² = 10000; the
+    # variance is the same function of the noisy sums. A domain's own answer keeps 0.
+    sql = "SELECT VAR_POP(cost) AS v FROM visits"
+    for unclamped, centre, sensitivity in ((True, 50.0, 2500.0), (False, 0.0, 10_000.0)):
+        plan = env.plan(sql, unclamped=unclamped)
+        (squares,) = [m for m in plan.query.measures if m.kind == "sumsq"]
+        assert (squares.centre, squares.sensitivity) == (centre, sensitivity)
+        v = env.dp.execute(plan).schema.field("v").metadata
+        assert v[b"stockade.dp.mechanism"] == b"laplace,laplace,laplace"  # one per draw
+        # 2 rows per unit at ε 0.5: scale 4 per unit of sensitivity (OpenDP's search)
+        scales = sorted(float(s) for s in v[b"stockade.dp.scale"].split(b","))
+        assert scales == pytest.approx([4.0, 400.0, 4 * sensitivity], rel=1e-4)
+        assert v.get(b"stockade.dp.centre") == (b"50.0" if unclamped else None)
+    assert ("(CAST(\"c_v0\" AS DOUBLE) - 50.0) * (CAST(\"c_v0\" AS DOUBLE) - 50.0)"
+            in env.dp.aggregate_sql(env.plan(sql, unclamped=True)))
+
+
+class Shift:
+    """A stand-in mechanism that adds known offsets (to check the release's algebra)."""
+
+    def __init__(self, offsets: list[float], scale: float = 1.0) -> None:
+        self.offsets, self.scale = offsets, scale
+
+    def release(self, values: list[float]) -> list[float]:
+        return [v + o for v, o in zip(values, self.offsets, strict=True)]
+
+
+def test_unclamped_parts_carry_the_noisy_sums_exactly(env: DpEnv) -> None:
+    """COUNT, AVG and VAR_POP released as parts determine the noisy Σx and Σx² exactly,
+    a negative noisy count included; the analyst's release clamps them instead."""
+    from gateway.dp.release import release
+
+    query = env.plan("SELECT site, COUNT(cost) AS n, AVG(cost) AS a, VAR_POP(cost) AS v "
+                     "FROM visits GROUP BY site", unclamped=True).query
+    by_kind = {m.kind: m for m in query.measures}
+    centre = by_kind["sumsq"].centre
+    groups = {"a": [10.0, 20.0, 30.0, 90.0], "b": [0.0, 100.0, 50.0]}
+    exact = pa.table({
+        query.keys[0]: list(groups),
+        "m_keys": [float(len(v)) for v in groups.values()],
+        by_kind["count"].name: [float(len(v)) for v in groups.values()],
+        by_kind["sum"].name: [sum(v) for v in groups.values()],
+        by_kind["sumsq"].name: [sum((x - centre) ** 2 for x in v) for v in groups.values()],
+    })
+    e_n, e_s, e_q = [0.3, -5.7], [7.0, -11.0], [123.0, -456.0]  # b's noisy count is -2.7
+    mechanisms = {"m_keys": Shift([0.0, 0.0]), by_kind["count"].name: Shift(e_n),
+                  by_kind["sum"].name: Shift(e_s), by_kind["sumsq"].name: Shift(e_q)}
+
+    def run(unclamped: bool) -> pa.Table:
+        return release(query, exact, mechanisms, threshold=0.0, epsilon=0.5, delta=1e-6,
+                       unclamped=unclamped)
+
+    parts = run(True)
+    assert parts.schema.field("n").type == pa.float64()  # counts as drawn
+    for i, values in enumerate(groups.values()):
+        n, a, v = (parts.column(c)[i].as_py() for c in ("n", "a", "v"))
+        assert n == pytest.approx(len(values) + e_n[i], rel=1e-12)
+        assert n * a == pytest.approx(sum(values) + e_s[i], rel=1e-12)
+        # Σ(x − c)² + e_q = Q̂ − 2c·Ŝ + c²·N̂, so Q̂ = N̂·(VAR + AVG²) is Σx² + e_q + 2c·e_s − c²·e_n
+        q = sum(x * x for x in values) + e_q[i] + 2 * centre * e_s[i] - centre**2 * e_n[i]
+        assert n * (v + a * a) == pytest.approx(q, rel=1e-12)
+    assert parts.schema.field("a").metadata[b"stockade.dp.null_when"] == \
+        b"the noisy denominator is 0"
+
+    clamped = run(False)
+    assert clamped.schema.field("n").type == pa.int64()
+    assert clamped.column("n").to_pylist() == [4, 0]  # rounded, and made >= 0
+    assert clamped.column("a")[1].as_py() is None  # the noisy count is not positive
+    assert clamped.column("v")[0].as_py() >= 0

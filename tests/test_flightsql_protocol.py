@@ -105,8 +105,15 @@ class DuckDBServer(FlightSqlServer):
                 raise InputError("Failed while streaming")
 
             return pa.RecordBatchReader.from_batches(schema, failing())
-        cur = self.db.cursor()
-        return cur.execute(query, self._params(query, parameters)).to_arrow_reader(100_000)
+        if parameters is None or parameters.num_rows <= 1:
+            cur = self.db.cursor()
+            return cur.execute(query, self._params(query, parameters)).to_arrow_reader(100_000)
+        # One run per parameter row, in row order, as one answer.
+        rows = [parameters.slice(i, 1) for i in range(parameters.num_rows)]
+        readers = [self.db.cursor().execute(query, self._params(query, row)).to_arrow_reader()
+                   for row in rows]
+        return pa.RecordBatchReader.from_batches(
+            readers[0].schema, (batch for reader in readers for batch in reader))
 
 
 def make_db() -> duckdb.DuckDBPyConnection:
@@ -371,6 +378,57 @@ def test_metadata_answers(client: flight.FlightClient) -> None:
     assert [r["type_name"] for r in get(pb.CommandGetXdbcTypeInfo(data_type=-5))] == ["BIGINT"]
 
 
+PATTERN_COMMANDS = [
+    lambda p: pb.CommandGetDbSchemas(db_schema_filter_pattern=p),
+    lambda p: pb.CommandGetTables(db_schema_filter_pattern=p),
+    lambda p: pb.CommandGetTables(table_name_filter_pattern=p, include_schema=True),
+]
+
+
+@pytest.mark.parametrize("command", PATTERN_COMMANDS, ids=["schemas", "tables-schema",
+                                                           "tables-name"])
+def test_a_pattern_over_the_limit_is_refused(client: flight.FlightClient, command) -> None:  # type: ignore[no-untyped-def]
+    # Thousands of %: a backtracking regex froze the server for every caller.
+    descriptor = _cmd(command("%" * 5000))
+    with pytest.raises(pa.ArrowInvalid, match=r"pattern is 5000 characters long; this server "
+                                              r"accepts at most 256 \(setting max_pattern_length"):
+        client.get_flight_info(descriptor)
+    with pytest.raises(pa.ArrowInvalid, match="setting max_pattern_length"):
+        client.do_get(flight.Ticket(descriptor.command)).read_all()
+    with pytest.raises(pa.ArrowInvalid, match="ends with the escape character"):
+        client.get_flight_info(_cmd(command("sales\\")))
+    info = client.get_flight_info(_cmd(command("%" * 256)))  # at the limit: answered
+    assert client.do_get(info.endpoints[0].ticket).read_all().num_rows > 0
+
+
+def test_many_percent_signs_are_matched_in_linear_work(
+        db: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.flightsql import like
+
+    steps = [0]
+    fits = like._fits
+
+    def counted(piece: object, value: str, at: int) -> bool:
+        steps[0] += 1
+        return fits(piece, value, at)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(like, "_fits", counted)
+    srv = DuckDBServer(db, max_pattern_length=100_000)
+    c = flight.connect(f"grpc://127.0.0.1:{srv.port}")
+    try:
+        gaps = "%" * 2000
+        for pattern, expected in [("%" * 5000 + "zz", []), (f"{gaps}s{gaps}s{gaps}", ["sales"])]:
+            descriptor = _cmd(pb.CommandGetDbSchemas(db_schema_filter_pattern=pattern))
+            info = c.get_flight_info(descriptor)
+            names = c.do_get(info.endpoints[0].ticket).read_all().column(1).to_pylist()
+            assert names == expected
+        # Two schemas, two patterns of two pieces each: first and last piece once per name.
+        assert steps[0] <= 2 * 2 * 2
+    finally:
+        c.close()
+        srv.shutdown()
+
+
 def test_sql_info_all_ids(client: flight.FlightClient) -> None:
     info = client.get_flight_info(_cmd(pb.CommandGetSqlInfo()))
     table = client.do_get(info.endpoints[0].ticket).read_all()
@@ -427,7 +485,8 @@ def test_prepared_statement_raw(client: flight.FlightClient) -> None:
     assert result.prepared_statement_handle == handle
     writer.close()
     info = client.get_flight_info(_cmd(command), _opts())
-    assert unpack(info.endpoints[0].ticket.ticket)[0] == "CommandPreparedStatementQuery"
+    # The ticket names this execution (query and bound rows), not the statement.
+    assert unpack(info.endpoints[0].ticket.ticket)[0] == "TicketStatementQuery"
     table = client.do_get(info.endpoints[0].ticket, _opts()).read_all()
     assert table.column("id").to_pylist() == [3, 1, 4]  # one execution per row, in order
     close = pack(pb.ActionClosePreparedStatementRequest(prepared_statement_handle=handle))

@@ -1,4 +1,4 @@
-"""Metadata schemas, column annotations, LIKE patterns and the SqlInfo table."""
+"""Metadata schemas, column annotations and the SqlInfo table (LIKE patterns: test_like.py)."""
 
 from __future__ import annotations
 
@@ -15,29 +15,6 @@ from gateway.flightsql.sqlinfo import (
     sql_info_table,
 )
 from gateway.flightsql.statements import PreparedStatements
-
-
-@pytest.mark.parametrize(
-    ("pattern", "value", "expected"),
-    [
-        (None, "anything", True),
-        ("%", "", True),
-        ("%", "abc", True),
-        ("a%", "abc", True),
-        ("a%", "bac", False),
-        ("_bc", "abc", True),
-        ("_bc", "aabc", False),
-        ("a_c", "a.c", True),
-        ("a.c", "abc", False),  # regex characters are literal
-        ("a\\_c", "a_c", True),
-        ("a\\_c", "abc", False),
-        ("100\\%", "100%", True),
-        ("Main", "main", False),  # case-sensitive
-        ("m%n", "m\nn", True),
-    ],
-)
-def test_like_match(pattern: str | None, value: str, expected: bool) -> None:
-    assert schemas.like_match(pattern, value) is expected
 
 
 def test_annotate_schema_precedence() -> None:

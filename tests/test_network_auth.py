@@ -12,30 +12,39 @@ from gateway.errors import (
     PermissionDeniedError,
     UnavailableError,
 )
+from gateway.network_keys import derive
 from network.auth import RejectionMemory, Sessions
 from network.domains import DomainDown, DomainRejected, DomainTimeout, domain_error
 
 
 class FakeLink:
-    """A domain that knows some users, may be down, and counts logins."""
+    """A domain that knows some users' passwords, may be down, and counts logins.
+
+    As a domain gateway does, it accepts only the credential derived from the
+    password for its own name (``own_name``), and records what it was sent.
+    """
 
     def __init__(self, name: str, users: dict[str, str], *, down: bool = False,
-                 slow: bool = False) -> None:
+                 slow: bool = False, own_name: str | None = None) -> None:
         self.name = name
+        self.own_name = own_name or name
         self.users = users
+        self.received: list[str] = []
         self.down = down
         self.slow = slow
         self.logins = 0
         self.issued = 0
         self.valid: set[str] = set()
 
-    def login(self, user: str, password: str) -> str:
+    def login(self, user: str, credential: str) -> str:
         self.logins += 1
         if self.down:
             raise DomainDown(f"domain '{self.name}' is unavailable: connection refused")
         if self.slow:
             raise DomainTimeout(f"domain '{self.name}' did not answer within 1 s")
-        if self.users.get(user) != password:
+        self.received.append(credential)
+        password = self.users.get(user)
+        if password is None or credential != derive(password, self.own_name):
             raise DomainRejected(f"domain '{self.name}' rejected your credentials: Wrong user "
                                  "name or password.")
         self.issued += 1
@@ -71,18 +80,47 @@ def test_login_succeeds_when_one_domain_accepts() -> None:
     assert store.call(session, c, c.whoami) == "c:Bearer c-1"  # type: ignore[arg-type]
 
 
+def test_each_domain_gets_its_own_derived_credential_never_the_password() -> None:
+    a = FakeLink("a", {"ann": "pw"})
+    b = FakeLink("b", {"ann": "pw"}, own_name="b_hospital")  # listed under another name
+    c = FakeLink("c", {"ann": "pw"}, down=True)
+    store = sessions(a, b, c)
+    _, session = store.login("ann", "pw")
+    assert a.received == [derive("pw", "a")] and b.received == [derive("pw", "b_hospital")]
+    assert a.received[0] != b.received[0]
+    assert all("pw" not in secret.rsplit(":", 1)[1] for secret in a.received + b.received)
+    # The session keeps the credentials, not the password: c logs in later with its own.
+    assert session.closed is False and "'pw'" not in repr(vars(session))
+    c.down = False
+    assert store.call(session, c, c.whoami) == "c:Bearer c-1"  # type: ignore[arg-type]
+    assert c.received == [derive("pw", "c")]
+
+
+def test_every_domain_refusing_says_how_to_give_them_the_password() -> None:
+    a, b = FakeLink("a", {}), FakeLink("b", {})
+    with pytest.raises(AuthenticationError, match="log in to each domain directly once, or "
+                                                  "ask its owner to reset your password"):
+        sessions(a, b).login("ann", "pw")
+
+
 def test_every_domain_refusing_is_a_wrong_password_and_is_throttled() -> None:
+    # Throttled per (user, analyst's address): the guesser waits, the analyst elsewhere
+    # does not (before, five wrong passwords from anyone locked the name out).
     a, b = FakeLink("a", {"ann": "pw"}), FakeLink("b", {"ann": "pw"})
     store = sessions(a, b)
     for _ in range(5):
         with pytest.raises(AuthenticationError, match=r"Wrong user name or password: no domain "
                                                       r"of the network accepted them \(refused "
                                                       r"by a, b\)"):
-            store.login("ann", f"guess-{_}")
+            store.login("ann", f"guess-{_}", address="192.0.2.1")
+    assert store.throttle.guarded("ann")  # the network now decides ann's logins by address
     logins = a.logins
-    with pytest.raises(AuthenticationError, match="^Wrong user name or password$"):
-        store.login("ann", "pw")  # locked out at the network: the domains are not asked
+    with pytest.raises(AuthenticationError, match="^Too many failed logins for this user name "
+                                                  "from your address: try again in 30 s.$"):
+        store.login("ann", "pw", address="192.0.2.1")  # the domains are not asked
     assert a.logins == logins
+    _, session = store.login("ann", "pw", address="198.51.100.7")
+    assert session.logins["a"].state == "ok"
 
 
 def test_no_domain_reachable_is_unavailable() -> None:

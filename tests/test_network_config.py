@@ -72,6 +72,15 @@ def test_defaults() -> None:
      "net.yaml:3: domains[0]: Missing required key 'url'"),
     ("version: 1\nnetwork: [oops\n", "net.yaml:3: Not valid YAML"),
     ("", "net.yaml: the file is empty"),
+    # Two domains must never be sent credentials derived for the same name.
+    (GOOD.replace("tls_ca: certs/ca.pem", "tls_ca: certs/ca.pem\n    domain_name: St_Marys"),
+     "net.yaml:8: domains[1].domain_name: Two domains would be sent credentials derived for "
+     "the name 'St_Marys' (also domains[0])"),
+    (GOOD.replace("timeout_s: 30}", "timeout_s: 30, domain_name: city_general}"),
+     "net.yaml:5: domains[1].name: Two domains would be sent credentials derived for the name "
+     "'city_general' (also domains[0])"),
+    (GOOD.replace("timeout_s: 30}", "timeout_s: 30, domain_name: st-marys}"),
+     "net.yaml:4: domains[0].domain_name: 'st-marys' is not a valid name"),
 ])
 def test_errors_point_at_the_line(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -82,3 +91,10 @@ def test_errors_point_at_the_line(text: str, message: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Cannot read the network config .*No such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_domain_listed_under_another_name_keeps_its_own() -> None:
+    config = load_config_text(GOOD.replace("timeout_s: 30}", "timeout_s: 30, "
+                                           "domain_name: st_marys_hospital}"))
+    assert [(d.name, d.own_name) for d in config.domains] == [
+        ("st_marys", "st_marys_hospital"), ("city_general", "city_general")]

@@ -8,6 +8,8 @@ shared domains stay up for every test.
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 import time
@@ -26,14 +28,17 @@ from network_fixtures import (
     ZOE,
     DelayProxy,
     RunningDomain,
+    anonymous_call_errors,
     connect,
+    ground_truth,
     network_yaml,
     start_domain,
     start_network,
+    unauthenticated,
 )
 
 from gateway.flightsql import flight_sql_pb2 as pb
-from gateway.flightsql.server import pack
+from gateway.flightsql.server import pack, unpack
 from gateway.remote import GatewayClient
 
 pytestmark = pytest.mark.filterwarnings(
@@ -232,17 +237,37 @@ def test_raw_pyarrow_flight_client(lab):  # type: ignore[no-untyped-def]
                                                   "st_marys"])
 
 
-def test_anonymous_calls_are_refused_but_status_is_open(lab):  # type: ignore[no-untyped-def]
+def test_every_call_needs_a_login_but_the_health_probe(lab):  # type: ignore[no-untyped-def]
+    # Before: GetSqlInfo, table types, XDBC info, ListActions and catalog FlightInfo were
+    # answered without credentials, and the status action gave every domain's URL.
+    errors = anonymous_call_errors(lab.url)
+    assert len(errors) > 30
+    answered = sorted(name for name, exc in errors.items() if exc is None)
+    assert answered == []
+    wrong = {name: f"{type(exc).__name__}: {exc}" for name, exc in errors.items()
+             if not unauthenticated(exc)}
+    assert wrong == {}
+    assert all("Authentication required" in str(exc) for exc in errors.values())
     client, options = flight_client(lab.url)
-    query = pb.CommandStatementQuery(query="SELECT 1 FROM st_marys.oncology.screenings")
-    with pytest.raises(flight.FlightUnauthenticatedError, match="Authentication required"):
-        client.get_flight_info(flight.FlightDescriptor.for_command(pack(query)), options)
-    with pytest.raises(flight.FlightUnauthenticatedError):
-        list(client.do_action(flight.Action("stockade.search", b'{"term": "x"}'), options))
+    (probe,) = client.do_action(flight.Action("stockade.network.health", b""), options)
+    assert json.loads(probe.body.to_pybytes()) == {"status": "ok"}  # and nothing else
+    client, options = flight_client(lab.url, "rita")
     status = json.loads(list(client.do_action(
         flight.Action("stockade.network.status", b""), options))[0].body.to_pybytes())
     assert status["network"] == "test_net"
     assert [d["name"] for d in status["domains"]] == list(DOMAINS)
+
+
+def test_a_long_catalog_pattern_is_refused_before_asking_the_domains(lab):  # type: ignore[no-untyped-def]
+    client, options = flight_client(lab.url, "rita")
+    command = pb.CommandGetTables(table_name_filter_pattern="%" * 5000 + "zz")
+    with pytest.raises(pa.ArrowInvalid, match=r"5002 characters long; this server accepts at "
+                                              r"most 256 \(setting max_pattern_length\)"):
+        client.get_flight_info(flight.FlightDescriptor.for_command(pack(command)), options)
+    command = pb.CommandGetTables(table_name_filter_pattern="%" * 240 + "scr%ings")
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(pack(command)), options)
+    tables = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert set(tables.column("table_name").to_pylist()) == {"screenings"}
 
 
 # ---------------------------------------------------------------- credentials
@@ -303,19 +328,25 @@ def test_closing_the_session_forgets_the_password(lab):  # type: ignore[no-untyp
 # ---------------------------------------------------------------- health and failures
 
 
-def test_status_action_and_cli(lab, capsys):  # type: ignore[no-untyped-def]
+def test_status_action_and_cli(lab, capsys, monkeypatch):  # type: ignore[no-untyped-def]
     from gateway.cli import main
 
     deadline = time.monotonic() + 10
     while any(d["state"] != "up" for d in lab.server.status()["domains"]):
         assert time.monotonic() < deadline, lab.server.status()
         time.sleep(0.1)
-    assert main(["network", "status", "--url", lab.url]) == 0
+    monkeypatch.delenv("STOCKADE_PASSWORD", raising=False)
+    # It logs in now (before, anyone could read every domain's URL).
+    assert main(["network", "status", "--url", lab.url, "--user", "rita"]) == 2
+    assert "No password to log in to" in capsys.readouterr().err
+    monkeypatch.setenv("STOCKADE_PASSWORD", USERS["rita"][1])
+    assert main(["network", "status", "--url", lab.url, "--user", "rita"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("network test_net: 3 of 3 domain(s) up")
     for name, d in lab.domains.items():
         assert name in out and d.url in out
-    assert main(["network", "status", "--url", lab.url, "--format", "json"]) == 0
+    assert main(["network", "status", "--url", lab.url, "--user", "rita", "--format",
+                 "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert all(d["latency_ms"] > 0 and d["checked_at"] for d in status["domains"])
 
@@ -325,14 +356,18 @@ def spare(lab: Lab, tmp_path: Path) -> Iterator[tuple[RunningDomain, Any, str]]:
     """A domain of its own (a copy of northern's setup) and a network over it and st_marys."""
     domain = start_domain(tmp_path / "spare", "northern")
     server, url = start_network({"st_marys": lab.domains["st_marys"].url, "spare": domain.url},
-                                settings="{health_interval_s: 0.2}")
+                                settings="{health_interval_s: 0.2}",
+                                own_names={"spare": DOMAINS["northern"]["policy_name"]})
     yield domain, server, url
     server.shutdown()
     domain.stop()
 
 
-def test_a_stopped_domain_is_unavailable_by_name(spare, conns, capsys):  # type: ignore[no-untyped-def]
+def test_a_stopped_domain_is_unavailable_by_name(spare, conns, capsys, monkeypatch):  # type: ignore[no-untyped-def]
     from gateway.cli import main
+
+    monkeypatch.setenv("STOCKADE_USER", "rita")
+    monkeypatch.setenv("STOCKADE_PASSWORD", USERS["rita"][1])
 
     domain, server, url = spare
     conn = conns("rita", url=url)
@@ -359,7 +394,8 @@ def test_a_slow_domain_times_out_by_name(lab, conns):  # type: ignore[no-untyped
     target = lab.domains["st_marys"].url.rsplit(":", 1)
     proxy = DelayProxy(("127.0.0.1", int(target[1]))).start()
     server, url = start_network({"slow": proxy.url, "city_general":
-                                 lab.domains["city_general"].url}, timeout_s=1.0)
+                                 lab.domains["city_general"].url}, timeout_s=1.0,
+                                own_names={"slow": "st_marys"})
     try:
         conn = conns("rita", url=url)
         sql = "SELECT count(*) AS n FROM slow.oncology.screenings"
@@ -483,6 +519,129 @@ def test_federated_dp_within_the_reported_intervals_and_charged(lab, conns):  # 
         n: 0.0 for n in DOMAINS}
 
 
+def granted_analyst(lab: Lab) -> tuple[str, str]:
+    """An analyst of its own (its budget untouched by other tests), to whom every domain's
+    owner granted ε 1000 and δ 0.5 on oncology."""
+    user, password = "vera", "vera-password"
+    for d in lab.domains.values():
+        try:
+            d.domain.store.get_user(user)
+        except LookupError:
+            d.domain.store.add_user(user, "analyst", password, {})
+            d.domain.ledger.set_allowance(user, "oncology", 1000.0, 0.5)
+    return user, password
+
+
+#: Runs of the federated variance test (each a fresh charge at every domain).
+VARIANCE_RUNS = 80
+VARIANCES = ("SELECT test, var_pop(age) AS v, stddev_pop(tumor_size_mm) AS sd FROM {} "
+             "WHERE age > -{} GROUP BY test ORDER BY test")
+
+
+@pytest.mark.slow
+def test_federated_variance_is_unbiased_and_its_interval_covers(lab, conns):  # type: ignore[no-untyped-def]
+    """VAR_POP and STDDEV_POP merged from three dp domains, at their own ε, over 80 runs.
+
+    Each run's query differs by a condition that every row meets (``age > -i``), so every
+    run is a fresh charge with fresh noise (the same query would come from the domains'
+    stores); the owner of each domain grants the analyst the budget for it. Per run and
+    group the noise is about 50, 19, 14 and 33 % of VAR_POP(age) (cervical, colonoscopy,
+    mammography, psa) and 8, 3, 2 and 5 % of STDDEV_POP(tumor_size_mm): over 80 runs the
+    standard error of a mean is 5.6, 2.1, 1.5, 3.7 % and 0.9, 0.3, 0.2, 0.6 %. Checked:
+
+    * per group and column, |mean − truth| < 2 % of the truth + 3 SE (SE from the runs);
+    * per column, the groups' relative errors pooled with inverse-variance weights (SE
+      about 1.1 % for VAR_POP, 0.2 % for STDDEV_POP), within 2 % + 3 SE. Before the parts
+      were merged unclamped, VAR_POP(age) was about 30 % high here (cervical: median 420
+      against 184);
+    * the reported 95 % intervals cover the truth in 95 % ± 1.5 points (the accuracy asked
+      of every dp interval) of the 640 (group, column, run) cases, give or take 3 binomial
+      SE (0.86 points each). A variance the merge clamps at 0 cannot miss below, so
+      cervical's VAR_POP covers about 97.5 %, the other cases about 95 %.
+
+    Run with ``-s`` to see the measured bias, SE, median and coverage per group.
+    """
+    conn = conns(*granted_analyst(lab))
+    want = {r[0]: r[1:] for r in as_floats(truth(lab, VARIANCES.format("screenings", 1)))}
+    big = ("cervical", "colonoscopy", "mammography", "psa")
+    found: dict[tuple[str, str], list[tuple[float, float | None]]] = {
+        (g, c): [] for g in big for c in ("v", "sd")}
+    for i in range(1, VARIANCE_RUNS + 1):
+        got = run(conn, VARIANCES.format("federated.oncology.screenings", i))
+        assert json.loads(got.schema.metadata[b"stockade.federated.epsilon_spent"]) == {
+            "st_marys": pytest.approx(3.5), "city_general": pytest.approx(2.8),
+            "northern": pytest.approx(4.2)}  # 7 noisy measurements at each domain's ε
+        widths = {c: json.loads(got.schema.field(c).metadata[
+            b"stockade.dp.ci95_half_width_by_row"]) for c in ("v", "sd")}
+        for row, wv, ws in zip(got.to_pylist(), widths["v"], widths["sd"], strict=True):
+            if row["test"] in big and row["domain_count"] == 3:  # not censored anywhere
+                found[row["test"], "v"].append((row["v"], wv))
+                found[row["test"], "sd"].append((row["sd"], ws))
+    covered = total = 0
+    for column, index in (("v", 0), ("sd", 1)):
+        pooled_error = pooled_weight = 0.0
+        for group in big:
+            values = [v for v, _ in found[group, column]]
+            assert len(values) >= VARIANCE_RUNS - 3  # a big group is censored very rarely
+            true = want[group][index]
+            mean = statistics.fmean(values)
+            se = statistics.stdev(values) / math.sqrt(len(values))
+            coverage = statistics.fmean(w is not None and abs(v - true) <= w
+                                        for v, w in found[group, column])
+            print(f"{column:>2} {group:<12} truth {true:9.3f} mean {mean:9.3f} bias "
+                  f"{mean / true - 1:+7.2%} SE {se / true:6.2%} median "
+                  f"{statistics.median(values):9.3f} coverage {coverage:6.1%} "
+                  f"runs {len(values)}")  # shown with pytest -s
+            assert abs(mean - true) < 0.02 * true + 3 * se, (group, column, mean, true, se)
+            pooled_error += (mean / true - 1) / (se / true) ** 2
+            pooled_weight += 1 / (se / true) ** 2
+            covered += sum(w is not None and abs(v - true) <= w for v, w in found[group, column])
+            total += len(values)
+        pooled, pooled_se = pooled_error / pooled_weight, 1 / math.sqrt(pooled_weight)
+        print(f"{column:>2} pooled bias {pooled:+.2%} SE {pooled_se:.2%}")
+        assert pooled_se < 0.015
+        assert abs(pooled) < 0.02 + 3 * pooled_se, (column, pooled, pooled_se)
+    coverage = covered / total
+    print(f"coverage {coverage:.1%} of {total}")
+    assert abs(coverage - 0.95) < 0.015 + 3 * math.sqrt(0.95 * 0.05 / total), coverage
+
+
+def test_the_network_asks_domains_for_unclamped_parts(lab, conns):  # type: ignore[no-untyped-def]
+    """What a domain answers a federated part with x-stockade-dp-parts (as the network
+    sends it) and without: the same charge, counts as drawn instead of rounded and >= 0."""
+    from network.federate import plan_federated
+
+    part = "/* dialect: duckdb */ " + plan_federated(
+        "SELECT COUNT(age) AS n, VAR_POP(age) AS v FROM federated.oncology.screenings"
+        " WHERE age > 1000").domain_sql  # no row: the noisy count is near 0
+    url = lab.domains["northern"].url
+    header = "adbc.flight.sql.rpc.call_header.x-stockade-dp-parts"
+    user, password = granted_analyst(lab)
+    plain = run(conns(user, password, url=url), part)
+    parts = run(conns(user, password, url=url, **{header: "true"}), part)
+    assert plain.schema.field("__p0").type == pa.int64()
+    assert plain.column("__p0")[0].as_py() >= 0
+    assert parts.schema.field("__p0").type == pa.float64()
+    assert parts.column("__p0")[0].as_py() != round(parts.column("__p0")[0].as_py())
+    # Parts take squares around the midpoint of age's bounds [0, 110]; answers around 0.
+    assert parts.schema.field("__p2").metadata[b"stockade.dp.centre"] == b"55.0"
+    assert b"stockade.dp.centre" not in plain.schema.field("__p2").metadata
+    for table in (plain, parts):
+        assert float(table.schema.metadata[b"stockade.dp.epsilon_spent"]) == \
+            pytest.approx(1.8)  # count, sum, squares at 0.6
+    err = error_of(conns(user, password, url=url, **{header: "maybe"}), part)
+    assert "x-stockade-dp-parts takes true or false, not 'maybe'" in str(err)
+    # The network asks for parts: each domain stored (and charged) the unclamped answer.
+    federated = "SELECT AVG(age) AS a FROM federated.oncology.screenings WHERE age > 2000"
+    run(conns(user, password), federated)
+    part = "/* dialect: duckdb */ " + plan_federated(federated).domain_sql
+    for d in lab.domains.values():
+        principal = d.domain.principal_for(d.domain.store.get_user(user))
+        for unclamped, stored in ((True, True), (False, False)):
+            plan = d.domain.dp_plan(principal, part, unclamped=unclamped)
+            assert (d.domain.ledger.answer(plan.key) is not None) is stored, d.name
+
+
 def test_a_group_suppressed_by_a_domain_stays_suppressed(lab, conns):  # type: ignore[no-untyped-def]
     sql = "SELECT test, count(*) AS n FROM {} GROUP BY test ORDER BY test"
     # aud reads st_marys in aggregate mode (min_group_size 10), the others raw.
@@ -569,7 +728,8 @@ def test_a_slow_domain_fails_a_federated_query_by_name(lab, conns):  # type: ign
     target = lab.domains["st_marys"].url.rsplit(":", 1)
     proxy = DelayProxy(("127.0.0.1", int(target[1]))).start()
     server, url = start_network({"slow": proxy.url, "city_general":
-                                 lab.domains["city_general"].url}, timeout_s=1.0)
+                                 lab.domains["city_general"].url}, timeout_s=1.0,
+                                own_names={"slow": "st_marys"})
     try:
         conn = conns("rita", url=url)
         assert run(conn, FEDERATED_COUNT).column("domain_count").to_pylist() == [2]
@@ -605,3 +765,33 @@ def test_search_action_through_the_network(lab):  # type: ignore[no-untyped-def]
     assert sorted(r["domain"] for r in by_column["results"]) == ["city_general", "st_marys"]
     assert all(r["matched"] == ["column"] for r in by_column["results"])
     assert by_column["domains"]["northern"].startswith("rejected: domain 'northern' rejected")
+
+
+def test_a_prepared_ticket_names_its_own_parameters_through_the_network(lab):  # type: ignore[no-untyped-def]
+    # Bind 90, ask for the ticket, bind 10, ask again: each ticket fetches its own answer.
+    client, options = flight_client(lab.url, "rita")
+    sql = "SELECT count(*) AS n FROM city_general.oncology.screenings WHERE age > ?"
+    request = pack(pb.ActionCreatePreparedStatementRequest(query=sql))
+    [created] = client.do_action(flight.Action("CreatePreparedStatement", request), options)
+    handle = unpack(created.body.to_pybytes())[1].prepared_statement_handle
+    command = flight.FlightDescriptor.for_command(
+        pack(pb.CommandPreparedStatementQuery(prepared_statement_handle=handle)))
+    tickets = []
+    for age in (90, 10):
+        params = pa.record_batch({"0": [age]})
+        writer, reader = client.do_put(command, params.schema, options)
+        writer.write_batch(params)
+        writer.done_writing()
+        reader.read()
+        writer.close()
+        tickets.append(client.get_flight_info(command, options).endpoints[0].ticket)
+    assert tickets[0].ticket != tickets[1].ticket
+    truth = {age: ground_truth([lab.domains["city_general"].parquet],
+                               f"SELECT count(*) FROM screenings WHERE age > {age}")[0][0]
+             for age in (90, 10)}
+    assert truth[90] != truth[10]
+    assert client.do_get(tickets[0], options).read_all().column("n").to_pylist() == [truth[90]]
+    assert client.do_get(tickets[1], options).read_all().column("n").to_pylist() == [truth[10]]
+    other, other_options = flight_client(lab.url, "aud")
+    with pytest.raises(KeyError, match="Result ticket not found"):
+        other.do_get(tickets[0], other_options).read_all()

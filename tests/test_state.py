@@ -14,11 +14,15 @@ from argon2 import PasswordHasher
 
 from gateway import passwords
 from gateway.errors import AuthenticationError, ConfigError, InputError, NotFoundError
+from gateway.network_keys import derive
 from gateway.state import (
     INVALID_TOKEN,
     MIGRATIONS,
+    NETWORK_REFUSED,
     SCHEMA_VERSION,
+    UNNAMED_DOMAIN,
     WRONG_CREDENTIALS,
+    WRONG_DOMAIN,
     LoginError,
     StateStore,
     User,
@@ -276,6 +280,177 @@ def test_rehash_when_parameters_change(tmp_path: Path) -> None:
         assert s.authenticate("alice", "password1").name == "alice"
 
 
+# ---------------------------------------------------------------- credentials derived by networks
+
+
+def _columns(store: StateStore, name: str) -> tuple[str | None, str | None]:
+    con = sqlite3.connect(store.path)
+    try:
+        row = con.execute("SELECT network_verifier, network_realm FROM users WHERE name = ?",
+                          (name,)).fetchone()
+    finally:
+        con.close()
+    return row
+
+
+def test_the_domain_name_is_recorded_once_and_replaced(store: StateStore) -> None:
+    assert store.domain_name() is None
+    assert store.set_domain_name("St_Marys") is None
+    assert store.set_domain_name("st_marys") == "St_Marys"
+    assert store.domain_name() == "st_marys"
+    with pytest.raises(InputError):
+        store.set_domain_name("")
+
+
+def test_derived_credential_is_accepted_for_this_domain_only(store: StateStore) -> None:
+    store.set_domain_name("St_Marys")
+    store.add_user("alice", "analyst", "password1")
+    verifier, realm = _columns(store, "alice")
+    assert realm == "st_marys" and verifier is not None and verifier.startswith("$argon2id$")
+    assert store.authenticate("alice", derive("password1", "st_marys")).name == "alice"
+    assert store.authenticate("ALICE", derive("password1", "ST_MARYS")).name == "alice"
+    assert store.authenticate("alice", "password1").name == "alice"  # the password still works
+    # Derived for another domain: refused before anything is checked, not a LoginError
+    # (so it does not count as a guess), naming the name the network used.
+    with pytest.raises(AuthenticationError) as info:
+        store.authenticate("alice", derive("password1", "city_general"))
+    assert not isinstance(info.value, LoginError)
+    assert str(info.value) == WRONG_DOMAIN.format(realm="city_general")
+    with pytest.raises(AuthenticationError, match="not a credential a Stockade network"):
+        store.authenticate("alice", "stockade-dk1:st_marys:short")
+
+
+@pytest.mark.parametrize(("name", "password", "reason"), [
+    ("alice", "wrong-password", "wrong_password"),
+    ("nobody", "password1", "unknown_user"),
+    ("carol", "password3", "disabled"),
+    ("dave", "password4", "no_network_verifier"),
+])
+def test_derived_failures_look_alike_and_say_what_to_do(
+    store: StateStore, name: str, password: str, reason: str
+) -> None:
+    store.add_user("dave", "analyst", "password4")  # before the domain's name was known
+    store.set_domain_name("st_marys")
+    store.add_user("alice", "analyst", "password1")
+    store.add_user("carol", "analyst", "password3")
+    store.set_disabled("carol", True)
+    with pytest.raises(LoginError) as info:
+        store.authenticate(name, derive(password, "st_marys"))
+    assert info.value.reason == reason
+    assert str(info.value) == NETWORK_REFUSED.format(domain="st_marys")
+    assert "log in to it directly once, or ask its owner to reset your password" in str(
+        info.value)
+
+
+def test_a_store_without_a_domain_name_refuses_derived_credentials(store: StateStore) -> None:
+    store.add_user("alice", "analyst", "password1")
+    assert _columns(store, "alice") == (None, None)
+    with pytest.raises(AuthenticationError) as info:
+        store.authenticate("alice", derive("password1", "st_marys"))
+    assert str(info.value) == UNNAMED_DOMAIN and not isinstance(info.value, LoginError)
+    store.authenticate("alice", "password1")  # a direct login cannot make one either
+    assert _columns(store, "alice") == (None, None)
+
+
+def test_derived_credential_is_never_checked_against_the_password_hash(
+        store: StateStore) -> None:
+    store.set_domain_name("st_marys")
+    store.add_user("alice", "analyst", "password1")
+    credential = derive("password1", "st_marys")
+    con = sqlite3.connect(store.path)
+    # A password hash that a derived credential would match, and no verifier; a
+    # verifier that the plain password would match.
+    con.execute("UPDATE users SET password_hash = ?, network_verifier = NULL",
+                (FAST.hash(credential),))
+    con.execute("INSERT INTO users (name, role, password_hash, created_at, updated_at,"
+                " network_verifier, network_realm) VALUES ('bob', 'analyst', ?, 0, 0, ?,"
+                " 'st_marys')", (FAST.hash("other-password"), FAST.hash("password2")))
+    con.commit()
+    con.close()
+    with pytest.raises(LoginError) as info:
+        store.authenticate("alice", credential)
+    assert info.value.reason == "no_network_verifier"
+    with pytest.raises(LoginError) as info:
+        store.authenticate("bob", "password2")
+    assert info.value.reason == "wrong_password"
+
+
+def test_a_new_password_makes_a_new_verifier(store: StateStore) -> None:
+    store.set_domain_name("st_marys")
+    store.add_user("alice", "analyst", "password1")
+    store.set_password("alice", "password2")
+    with pytest.raises(LoginError):
+        store.authenticate("alice", derive("password1", "st_marys"))
+    assert store.authenticate("alice", derive("password2", "st_marys")).name == "alice"
+
+
+def test_a_direct_login_gives_an_account_its_verifier(store: StateStore) -> None:
+    store.add_user("alice", "analyst", "password1")  # the domain's name is not known yet
+    store.set_domain_name("st_marys")
+    credential = derive("password1", "st_marys")
+    with pytest.raises(LoginError, match="log in to it directly once"):
+        store.authenticate("alice", credential)
+    with pytest.raises(LoginError):
+        store.authenticate("alice", "wrong-password")  # a failed login upgrades nothing
+    assert _columns(store, "alice") == (None, None)
+    store.authenticate("alice", "password1")
+    assert store.authenticate("alice", credential).name == "alice"
+    # The domain is renamed: the verifier was made for the old name, and is remade
+    # for the new one at the next direct login.
+    store.set_domain_name("st_marys_hospital")
+    renamed = derive("password1", "st_marys_hospital")
+    with pytest.raises(LoginError) as info:
+        store.authenticate("alice", renamed)
+    assert info.value.reason == "no_network_verifier"
+    store.authenticate("alice", "password1")
+    assert _columns(store, "alice")[1] == "st_marys_hospital"
+    assert store.authenticate("alice", renamed).name == "alice"
+
+
+def test_a_verifier_made_with_other_parameters_is_remade(tmp_path: Path) -> None:
+    with StateStore(tmp_path, hasher=FAST) as s:
+        s.set_domain_name("st_marys")
+        s.add_user("alice", "analyst", "password1")
+    stronger = PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1)
+    with StateStore(tmp_path, hasher=stronger) as s:
+        s.authenticate("alice", derive("password1", "st_marys"))
+        assert "m=2048,t=2,p=1" in (_columns(s, "alice")[0] or "")
+        assert s.authenticate("alice", derive("password1", "st_marys")).name == "alice"
+
+
+def test_passwords_may_not_look_like_derived_credentials(store: StateStore) -> None:
+    with pytest.raises(InputError, match="may not start with 'stockade-dk'"):
+        store.add_user("alice", "analyst", "stockade-dk1:st_marys:abc")
+
+
+def test_migration_to_derived_verifiers_keeps_every_account(tmp_path: Path) -> None:
+    # A store written by the previous schema (version 6), with one user.
+    con = sqlite3.connect(tmp_path / "state.db")
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY,"
+                " description TEXT NOT NULL, applied_at REAL NOT NULL)")
+    for version, description, statements in MIGRATIONS:
+        if version > 6:
+            break
+        for statement in statements:
+            con.execute(statement)
+        con.execute("INSERT INTO schema_version VALUES (?, ?, 0)", (version, description))
+    con.execute("INSERT INTO users (name, role, attributes, password_hash, disabled, created_at,"
+                " updated_at) VALUES ('alice', 'analyst', '{}', ?, 0, 0, 0)",
+                (FAST.hash("password1"),))
+    con.commit()
+    con.close()
+    with StateStore(tmp_path, hasher=FAST) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 7
+        assert _columns(s, "alice") == (None, None)
+        assert s.domain_name() is None
+        s.set_domain_name("st_marys")  # the gateway starts
+        with pytest.raises(LoginError) as info:
+            s.authenticate("alice", derive("password1", "st_marys"))
+        assert info.value.reason == "no_network_verifier"
+        assert s.authenticate("alice", "password1").name == "alice"
+        assert s.authenticate("alice", derive("password1", "st_marys")).name == "alice"
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -351,10 +526,12 @@ def test_token_expiry_with_real_clock(tmp_path: Path) -> None:
 def test_only_hashes_are_stored(tmp_path: Path) -> None:
     password = "Very-Secret-Password-42"
     with StateStore(tmp_path, hasher=FAST) as s:
+        s.set_domain_name("st_marys")
         s.add_user("alice", "analyst", password)
         token = s.issue_token("alice", 60)
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
     assert password.encode() not in raw
+    assert derive(password, "st_marys").rsplit(":", 1)[1].encode() not in raw
     assert token.encode() not in raw
     assert token[4:].encode() not in raw
     con = sqlite3.connect(tmp_path / "state.db")

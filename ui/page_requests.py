@@ -46,6 +46,8 @@ def _pending(request: dict[str, Any]) -> None:
     with st.container(border=True, key=f"request_{rid}"):
         st.markdown(f"**#{rid} · {request['user']}** asks for {_asks(request)}")
         st.caption(f"Filed {request['created_at']}")
+        if request.get("dataset_in_policy") is False:  # the analyst is not told this
+            st.warning(f"'{request['dataset']}' is not a dataset of the policy.")
         st.markdown(f"> {request['reason']}")
         with st.form(f"decide_{rid}"):
             epsilon = None

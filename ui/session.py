@@ -27,6 +27,7 @@ from gateway.errors import AuthenticationError, InputError, PermissionDeniedErro
 from gateway.remote import GatewayClient
 
 CLIENT_KEY = "stockade_client"
+NETWORK_CLIENT_KEY = "stockade_network_client"
 WHOAMI_KEY = "stockade_whoami"
 FLASH_KEY = "stockade_flash"
 NOTICE_KEY = "stockade_notice"
@@ -84,14 +85,7 @@ def login(url: str, user: str, password: str) -> dict[str, Any]:
         raise InputError(f"Give the gateway's URL, e.g. {DEFAULT_GATEWAY}.")
     if not user or not password:
         raise InputError("Give your user name and password.")
-    root_certs = None
-    ca = tls_ca()
-    if ca and url.startswith("grpc+tls://"):
-        try:
-            root_certs = Path(ca).read_bytes()
-        except OSError as exc:
-            raise InputError(f"Cannot read the TLS CA file {ca}: {exc.strerror}.") from None
-    client = GatewayClient(url, user, password, tls_root_certs=root_certs)
+    client = GatewayClient(url, user, password, tls_root_certs=_root_certs(url))
     try:
         who = client.action("stockade.whoami")
     except StockadeError:
@@ -109,6 +103,33 @@ def login(url: str, user: str, password: str) -> dict[str, Any]:
     return dict(who)
 
 
+def _root_certs(url: str) -> bytes | None:
+    """The CA of ``--tls-ca`` for a ``grpc+tls://`` URL, else None."""
+    ca = tls_ca()
+    if not ca or not url.startswith("grpc+tls://"):
+        return None
+    try:
+        return Path(ca).read_bytes()
+    except OSError as exc:
+        raise InputError(f"Cannot read the TLS CA file {ca}: {exc.strerror}.") from None
+
+
+def network_login(url: str, user: str, password: str) -> GatewayClient:
+    """Log in to the network node at ``url`` (it needs a login of its own) and keep it."""
+    user = user.strip()
+    if not user or not password:
+        raise InputError("Give your user name and password for the network.")
+    client = GatewayClient(url, user, password, tls_root_certs=_root_certs(url), kind="network")
+    st.session_state[NETWORK_CLIENT_KEY] = client
+    return client
+
+
+def network_logout() -> None:
+    client = st.session_state.pop(NETWORK_CLIENT_KEY, None)
+    if client is not None:
+        client.close()
+
+
 def logged_in() -> bool:
     return st.session_state.get(CLIENT_KEY) is not None
 
@@ -118,6 +139,7 @@ def logout(notice: str | None = None) -> None:
     client = st.session_state.get(CLIENT_KEY)
     if client is not None:
         client.close()
+    network_logout()
     for key in list(st.session_state.keys()):
         del st.session_state[key]
     if notice:

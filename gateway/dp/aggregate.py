@@ -12,12 +12,13 @@ Over the query's relation (:mod:`gateway.dp.translate`), per group:
    skips the bound because the data happened to meet it, so the work done, and
    the time taken, never depend on whether one person exceeds it;
 2. **values are clamped** to the policy's bounds in every query;
-3. each measurement is a ``COUNT`` or a ``SUM`` (sums and sums of squares as
-   DOUBLE); the key count that censors rare groups counts the bounded rows.
-   That is as safe as SmartNoise's ``COUNT(DISTINCT u)``: a unit has at most
-   ``m`` bounded rows, SmartNoise's threshold ``τ = m·(1 − ln(2δ/m)/ε)`` with
-   Laplace noise of scale ``m/ε`` releases a group made by one unit's rows with
-   probability at most ``δ/m``, and a unit reaches at most ``m`` groups.
+3. each measurement is a ``COUNT`` or a ``SUM`` (sums, and sums of squares
+   around the bounds' midpoint, as DOUBLE); the key count that censors rare
+   groups counts the bounded rows. That is as safe as SmartNoise's
+   ``COUNT(DISTINCT u)``: a unit has at most ``m`` bounded rows, SmartNoise's
+   threshold ``τ = m·(1 − ln(2δ/m)/ε)`` with Laplace noise of scale ``m/ε``
+   releases a group made by one unit's rows with probability at most ``δ/m``,
+   and a unit reaches at most ``m`` groups.
 
 With declared public keys the measurements are joined onto the grid of declared
 keys: every declared group is released (measurements of 0 where no row has it)
@@ -78,7 +79,8 @@ def _aggregate(m: Measure) -> str:
         return f"COUNT({c}) AS {m.name}"
     if m.kind == "sum":
         return f"SUM(CAST({c} AS DOUBLE)) AS {m.name}"
-    return f"SUM(CAST({c} AS DOUBLE) * CAST({c} AS DOUBLE)) AS {m.name}"
+    d = f"(CAST({c} AS DOUBLE) - {float(m.centre)!r})" if m.centre else f"CAST({c} AS DOUBLE)"
+    return f"SUM({d} * {d}) AS {m.name}"
 
 
 def bounded(relation: str, columns: list[str], *, unit: bool, max_rows: int,

@@ -106,8 +106,12 @@ class DpFailedError(QueryFailedError):
 class DpPlan:
     """A checked ``dp`` query for one principal at one ε and δ.
 
-    ``unclamped`` asks for the noisy parts as they are (counts and variances not
-    made non-negative): what a network node merging several domains needs.
+    ``unclamped`` asks for the noisy parts as they are (counts neither rounded nor
+    made non-negative, variances not made non-negative, a ratio NULL only when
+    its noisy denominator is 0, sums of squares taken around the bounds'
+    midpoint): what a network node merging several domains needs, so that it
+    clamps once, after the merge (the call header
+    :data:`gateway.dialects.DP_PARTS_HEADER`). It costs the same ε and δ.
     """
 
     query: DpQuery
@@ -158,7 +162,8 @@ def odometer_cost(steps: Sequence[tuple[float, float]], delta: float) -> Cost:
 class _Priced:
     """A plan's mechanisms, cost, censoring threshold and checked schemas (no data read)."""
 
-    __slots__ = ("mechanisms", "cost", "threshold", "exact_schema", "answer_schema")
+    __slots__ = ("mechanisms", "cost", "threshold", "exact_schema", "answer_schema",
+                 "parts_schema")
 
     def __init__(self, mechanisms: dict[str, Any], cost: Cost, threshold: float | None
                  ) -> None:
@@ -167,6 +172,7 @@ class _Priced:
         self.threshold = threshold
         self.exact_schema: pa.Schema | None = None
         self.answer_schema: pa.Schema | None = None
+        self.parts_schema: pa.Schema | None = None  # the answer's, as unclamped parts
 
 
 class PrivateQueries:
@@ -196,12 +202,14 @@ class PrivateQueries:
         """Check ``sql`` for ``dp`` mode and fix its ε and δ (charges nothing).
 
         The checked query is remembered per (policy, role, user attributes, SQL,
-        dialect): the policy steps and the split read the principal's role (its
-        grants and functions) and attributes (row filters), never the user's name.
+        dialect, parts or not): the policy steps and the split read the principal's role
+        (its grants and functions) and attributes (row filters), never the user's name.
+        Parts (``unclamped``) take sums of squares around the bounds' midpoint
+        (:class:`gateway.dp.translate.Measure`).
         """
         key = (id(policy), principal.role,
                tuple(sorted((k, type(v).__name__, v) for k, v in principal.attributes.items())),
-               sql, dialect)
+               sql, dialect, unclamped)
         with self._lock:
             found = self._plans.get(key)
             if found is not None:
@@ -210,7 +218,7 @@ class PrivateQueries:
             query = found[1]
         else:
             query = self._query(sql, policy=policy, principal=principal, schemas=schemas,
-                                dialect=dialect)
+                                dialect=dialect, centred=unclamped)
             with self._lock:
                 self._plans[key] = (policy, query)
                 while len(self._plans) > 4096:
@@ -220,14 +228,15 @@ class PrivateQueries:
         return _resolve(query, principal.user, epsilon, delta, bounds, unclamped=unclamped)
 
     def _query(self, sql: str, *, policy: Policy, principal: Principal, schemas: Schemas,
-               dialect: str) -> DpQuery:
+               dialect: str, centred: bool = False) -> DpQuery:
         expression = parse(sql, dialect=dialect)
         catalog = catalog_for(policy, principal)
         context: dict[str, Any] = {"policy": policy, "principal": principal,
                                    "schemas": schemas, "catalog": catalog, "max_rows": None}
         for rule in _RULES:
             expression = rule(expression, **context)
-        return translate(expression, principal=principal, catalog=catalog, schemas=schemas)
+        return translate(expression, principal=principal, catalog=catalog, schemas=schemas,
+                         centred=centred)
 
     def _priced_plan(self, plan: DpPlan) -> _Priced:
         """Mechanisms and cost of ``plan`` (memoised per query, ε and δ)."""
@@ -312,14 +321,15 @@ class PrivateQueries:
                 raise InputError(
                     f"dp mode cannot answer this query on table "
                     f"'{plan.query.access.qualified_name}': {exc.message}") from None
-        if priced.answer_schema is None or plan.unclamped:
+        if (priced.parts_schema if plan.unclamped else priced.answer_schema) is None:
             empty = priced.exact_schema.empty_table()
             answer = release(plan.query, empty, priced.mechanisms,
                              threshold=priced.threshold, epsilon=plan.epsilon,
                              delta=plan.delta, unclamped=plan.unclamped)
             if plan.unclamped:
-                return _with_schema(priced, answer.schema)
-            priced.answer_schema = answer.schema
+                priced.parts_schema = answer.schema
+            else:
+                priced.answer_schema = answer.schema
         return priced
 
     def relation_schema(self, plan: DpPlan) -> pa.Schema:
@@ -332,7 +342,8 @@ class PrivateQueries:
         Names, types and the noise metadata of each column are those of the
         answer; the spend and remaining-budget keys are only known after the charge.
         """
-        schema = self._checked(plan).answer_schema
+        priced = self._checked(plan)
+        schema = priced.parts_schema if plan.unclamped else priced.answer_schema
         assert schema is not None
         return schema
 
@@ -366,13 +377,6 @@ class PrivateQueries:
         self.ledger.store_answer(key, plan.user, access.dataset, charge.charge_id,
                                  _to_ipc(table))
         return _with_spend(table, plan, priced.cost, charge.balance, cached=False)
-
-
-def _with_schema(priced: _Priced, schema: pa.Schema) -> _Priced:
-    copy = _Priced(priced.mechanisms, priced.cost, priced.threshold)
-    copy.exact_schema = priced.exact_schema
-    copy.answer_schema = schema
-    return copy
 
 
 def _resolve(query: DpQuery, user: str, epsilon: float | None, delta: float | None,

@@ -9,8 +9,9 @@ it cannot fail, whatever the values.
    OpenDP call per measurement for all groups;
 2. **censoring**: a group is released only if its noisy key count exceeds the
    threshold τ (not with declared public keys, which release every group);
-3. **counts** are rounded to the nearest whole number (never truncated) and,
-   unless the caller asked for unclamped parts, made at least 0;
+3. **counts** are rounded to the nearest whole number (never truncated) and
+   made at least 0 — unless the caller asked for unclamped parts (a network
+   node merging domains), which get every noisy measurement as drawn;
 4. **order**: groups are sorted by their key, so the order of released rows, and
    which rows a ``LIMIT`` keeps, never depend on the data's physical order;
 5. **outputs**, ``HAVING`` and ``ORDER BY`` are evaluated by DuckDB over the
@@ -22,7 +23,10 @@ it cannot fail, whatever the values.
    smallest whole half-width covering at least 95 %, with its exact coverage); a
    derived column (``AVG``, ``VARIANCE``, arithmetic) gets a 95 % half-width per
    row, the 95th percentile of ``|f(x̂ + e) − f(x̂)|`` over simulated noise ``e``
-   of the same scales (a parametric bootstrap; see ``docs/dp.md``).
+   of the same scales (a parametric bootstrap; see ``docs/dp.md``). A column
+   that reads one sum of squares taken around a point other than 0 (unclamped
+   parts) names it (``stockade.dp.centre``): a network node needs it to merge
+   variances.
 
 >>> import math
 >>> whole_half_width(4.0)  # Laplace scale 4: b·ln 20 = 11.98 → 12 covers 95.6 %
@@ -51,6 +55,7 @@ from gateway.dp.translate import KEYCOUNT, DpQuery, Measure
 #: Keys of the Arrow metadata of a dp answer.
 META = "stockade.dp."
 NULL_WHEN = "the noisy denominator is not positive"
+NULL_WHEN_PARTS = "the noisy denominator is 0"  # unclamped parts
 _LN20 = math.log(20.0)
 
 _con: duckdb.DuckDBPyConnection | None = None
@@ -124,6 +129,13 @@ def _whole(values: np.ndarray[Any, Any], *, nonneg: bool) -> pa.Array:
     return pa.array(np.where(ok, rounded, 0).astype(np.int64), mask=~ok)
 
 
+def _counts(values: np.ndarray[Any, Any], *, unclamped: bool) -> pa.Array:
+    """Noisy counts as released: whole and at least 0, or as drawn for unclamped parts."""
+    if unclamped:
+        return pa.array(values, type=pa.float64())
+    return _whole(values, nonneg=True)
+
+
 def noisy_measurements(
     query: DpQuery,
     exact: pa.Table,
@@ -149,7 +161,7 @@ def noisy_measurements(
             continue
         values = noisy[m.name]
         if m.kind == "count":
-            columns[m.name] = _whole(values, nonneg=not unclamped)
+            columns[m.name] = _counts(values, unclamped=unclamped)
         else:
             columns[m.name] = pa.array(values, type=pa.float64())
     table = pa.table(columns) if columns else pa.table({"__one": pa.array([1] * len(keep))})
@@ -215,23 +227,26 @@ def _simulated_widths(query: DpQuery, noisy: pa.Table, answer: pa.Table,
         values = pc.cast(columns[m.name], pa.float64()).to_numpy(zero_copy_only=False)
         values = values + rng.laplace(0.0, scale, size=len(values))
         if m.kind == "count":
-            columns[m.name] = _whole(values, nonneg=not unclamped)
+            columns[m.name] = _counts(values, unclamped=unclamped)
         else:
             columns[m.name] = pa.array(values)
     simulated = pa.table(columns)
-    items = ["__row"] + [
-        f"{(query.outputs[i].unclamped_sql or query.outputs[i].sql) if unclamped else query.outputs[i].sql} AS s{i}"  # noqa: E501
-        for i in derived]
+    # The spread is simulated on the release with nothing clamped (a variance may be
+    # negative, a root signed): clamping a value towards the non-negative truth only
+    # brings it closer, so the interval of the unclamped value covers the released one.
+    items = ["__row"] + [f"{query.outputs[i].spread_sql or query.outputs[i].sql} AS s{i}"
+                         for i in derived]
     cur = _cursor()
     try:
         cur.register("simulated", simulated)
-        cur.register("observed", answer.select(["__row"] + [f"c{i}" for i in derived]))
+        cur.register("base", base)
         spreads = ", ".join(
-            f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.c{i} AS DOUBLE)), 0.95) AS w{i}"
+            f"quantile_cont(abs(CAST(s.s{i} AS DOUBLE) - CAST(o.s{i} AS DOUBLE)), 0.95) AS w{i}"
             for i in derived)
         table = cur.execute(
             f"SELECT s.__row, {spreads} FROM (SELECT {', '.join(items)} FROM simulated) AS s "
-            "JOIN observed AS o USING (__row) GROUP BY s.__row").to_arrow_table()
+            f"JOIN (SELECT {', '.join(items)} FROM base) AS o USING (__row) "
+            "GROUP BY s.__row").to_arrow_table()
     finally:
         cur.close()
     by_row = {r: i for i, r in enumerate(table.column("__row").to_pylist())}
@@ -266,7 +281,7 @@ def release(
         meta: dict[str, str] = {}
         if output.noisy and output.measures:
             meta, info = _column_metadata(query, output, mechanisms, column.type,
-                                          widths.get(i))
+                                          widths.get(i), unclamped=unclamped)
             summary.append({"column": output.name, **info})
         fields.append(pa.field(output.name, column.type, metadata=meta or None))
         arrays.append(column)
@@ -278,8 +293,8 @@ def release(
 
 
 def _column_metadata(query: DpQuery, output: Any, mechanisms: Mapping[str, Any],
-                     arrow_type: pa.DataType, by_row: Sequence[float | None] | None
-                     ) -> tuple[dict[str, str], dict[str, Any]]:
+                     arrow_type: pa.DataType, by_row: Sequence[float | None] | None, *,
+                     unclamped: bool = False) -> tuple[dict[str, str], dict[str, Any]]:
     scales = [float(mechanisms[name].scale) for name in output.measures]
     parts = [ci95_half_width("laplace", s) for s in scales]
     meta = {
@@ -304,7 +319,12 @@ def _column_metadata(query: DpQuery, output: Any, mechanisms: Mapping[str, Any],
         meta[META + "ci95_half_width_by_row"] = json.dumps(list(by_row or []))
         info.update(ci95_half_width=parts)
     if "CASE WHEN m_" in output.sql and "> 0 THEN" in output.sql:
-        meta[META + "null_when"] = NULL_WHEN
+        meta[META + "null_when"] = NULL_WHEN_PARTS if unclamped else NULL_WHEN
+    centres = [m.centre for m in (_mechanism_of(query, n) for n in output.measures)
+               if m.kind == "sumsq"]
+    if len(centres) == 1 and centres[0]:
+        meta[META + "centre"] = repr(float(centres[0]))
+        info["centre"] = float(centres[0])
     return meta, info
 
 
@@ -313,4 +333,5 @@ def empty_exact(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
 
 
-__all__ = ["META", "NULL_WHEN", "noisy_measurements", "release", "whole_half_width"]
+__all__ = ["META", "NULL_WHEN", "NULL_WHEN_PARTS", "noisy_measurements", "release",
+           "whole_half_width"]

@@ -87,6 +87,7 @@ KEYCOUNT = "m_keys"
 _RAW_UNIT = "__stockade_unit"
 _ALIAS = "__r"
 _GUARDED = "stockade_guarded"
+_POSITIVE = "stockade_positive"  # the "noisy denominator > 0" test of a ratio
 #: Marker of "at least 0" (a variance); dropped when parts are released unclamped.
 NONNEG = "__stockade_nonneg"
 
@@ -117,9 +118,20 @@ class Measure:
     """One noisy measurement per group: a count or a sum over the bounded rows.
 
     ``kind`` is ``keys`` (the key count that censors rare groups), ``count``
-    (of rows, or of a column's non-NULL values), ``sum`` or ``sumsq`` (of the
-    clamped values of ``value``). ``sensitivity`` is what one row can change it
-    by; one privacy unit has at most ``max_rows_per_unit`` rows.
+    (of rows, or of a column's non-NULL values), ``sum`` (of the clamped values
+    of ``value``) or ``sumsq`` (of their squared distances to ``centre``: 0, or
+    the midpoint of the column's bounds for the parts a network node merges).
+    ``sensitivity`` is what one row can change it by; one privacy unit has at
+    most ``max_rows_per_unit`` rows.
+
+    Centring the sum of squares cuts its sensitivity from ``max(|lo|, |hi|)²`` to
+    ``((hi − lo) / 2)²`` (a quarter for bounds ``[0, hi]``) and leaves the
+    variance formula exact: ``Σ(x − c)²/n − (Σx/n − c)²`` is ``Σx²/n − (Σx/n)²``.
+    A domain's own answers keep ``c = 0``: where the mean lies near the midpoint,
+    the variance is nearly flat in the noisy sum, and the interval simulated at
+    the noisy values (:mod:`gateway.dp.release`) then covers more than 95 %; the
+    network's merged interval, over several domains' parts, does not suffer it
+    (see ``docs/network.md``).
     """
 
     name: str
@@ -127,6 +139,7 @@ class Measure:
     value: str | None = None
     sensitivity: float = 1.0
     integer: bool = True  # released as a whole number
+    centre: float = 0.0  # sumsq: the point the squares are taken around
 
 
 @dataclass(frozen=True)
@@ -144,6 +157,10 @@ class OutputColumn:
     measures: tuple[str, ...] = ()
     single: bool = False
     unclamped_sql: str = ""
+    #: The same release with nothing made non-negative and square roots extended to
+    #: negative values (sign(x)·sqrt(|x|)): what a derived column's interval is
+    #: simulated on (see :mod:`gateway.dp.release`).
+    spread_sql: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,10 +250,9 @@ def _ratio(numerator: exp.Expr, denominator: exp.Expr) -> exp.Expr:
     division = exp.Div(this=exp.Cast(this=numerator, to=exp.DataType.build("DOUBLE")),
                        expression=denominator.copy())
     division.meta[_GUARDED] = True
-    return exp.Case(ifs=[exp.If(
-        this=exp.GT(this=denominator.copy(), expression=exp.Literal.number(0)),
-        true=division,
-    )])
+    positive = exp.GT(this=denominator.copy(), expression=exp.Literal.number(0))
+    positive.meta[_POSITIVE] = True
+    return exp.Case(ifs=[exp.If(this=positive, true=division)])
 
 
 def _nonneg(node: exp.Expr) -> exp.Expr:
@@ -246,7 +262,9 @@ def _nonneg(node: exp.Expr) -> exp.Expr:
 class _Translator:
     """Turns the analyst's aggregate expressions into expressions over measurements."""
 
-    def __init__(self, access: TableAccess, visible: dict[str, str]) -> None:
+    def __init__(self, access: TableAccess, visible: dict[str, str], *,
+                 centred: bool = False) -> None:
+        self.centred = centred
         self.access = access
         self.visible = {c.lower(): (c, t) for c, t in visible.items()}
         self.values: dict[str, str] = {}  # visible column -> v name
@@ -293,7 +311,7 @@ class _Translator:
         value = None if column is None else self.values[column]
         name = "m_count" if column is None else f"m_{kind}_{value}"
         if name not in self.measures:
-            sensitivity, integer = 1.0, True
+            sensitivity, integer, centre = 1.0, True, 0.0
             if kind in ("sum", "sumsq") and column is not None:
                 lower, upper = self._bounds(column)
                 if lower is None or upper is None:
@@ -303,10 +321,13 @@ class _Translator:
                     if self._integer(column):
                         low, high = float(math.floor(low)), float(math.ceil(high))
                     sensitivity = max(abs(low), abs(high))
-                    if kind == "sumsq":
+                    if kind == "sumsq" and not self.centred:
                         sensitivity = sensitivity ** 2
+                    elif kind == "sumsq":  # around the midpoint: Measure
+                        centre = (low + high) / 2
+                        sensitivity = ((high - low) / 2) ** 2
                 integer = self._integer(column)
-            self.measures[name] = Measure(name, kind, value, sensitivity, integer)
+            self.measures[name] = Measure(name, kind, value, sensitivity, integer, centre)
         return exp.column(name)
 
     def aggregate(self, node: exp.Expr) -> exp.Expr:
@@ -339,7 +360,11 @@ class _Translator:
         if kind == "AVG":
             return _ratio(total, count)
         squares = self.measure("sumsq", column)
-        mean = _ratio(total, count)
+        centre = self.measures[squares.name].centre
+        mean: exp.Expr = _ratio(total, count)
+        if centre:  # Σ(x − c)²/n − (Σx/n − c)²: the same variance (see Measure)
+            mean = exp.Paren(this=exp.Sub(this=mean, expression=exp.Paren(
+                this=exp.Literal.number(repr(centre)))))
         variance = _nonneg(exp.Sub(this=_ratio(squares, count),
                                    expression=exp.Mul(this=mean, expression=mean.copy())))
         if kind == "VAR":
@@ -400,22 +425,40 @@ def _is_integer_type(duck_type: str) -> bool:
                     "INT8", "BOOLEAN"}
 
 
-def render(node: exp.Expr, *, unclamped: bool = False) -> str:
+def render(node: exp.Expr, *, unclamped: bool = False, signed_roots: bool = False) -> str:
     """DuckDB SQL of a release expression; ``NONNEG`` makes a negative value 0.
+
+    Unclamped (the parts a network node merges), nothing is made non-negative and
+    a ratio is NULL only when its noisy denominator is 0: a negative noisy count
+    still carries the noisy sums it divides.
 
     >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]))
     'TRY(CASE WHEN m_v < 0 THEN 0 ELSE m_v END)'
     >>> render(exp.Anonymous(this=NONNEG, expressions=[exp.column("m_v")]), unclamped=True)
     'TRY(m_v)'
+    >>> render(_nonneg(_ratio(exp.column("m_s"), exp.column("m_n"))), unclamped=True)
+    'TRY(CASE WHEN m_n <> 0 THEN CAST(m_s AS DOUBLE) / m_n END)'
     """
+    def signed(child: exp.Expr) -> exp.Expr:
+        if isinstance(child, exp.Sqrt):
+            inner = child.this
+            return exp.Mul(this=exp.Anonymous(this="SIGN", expressions=[inner.copy()]),
+                           expression=exp.Sqrt(this=exp.Abs(this=inner)))
+        return child
+
     def swap(child: exp.Expr) -> exp.Expr:
         if isinstance(child, exp.Anonymous) and child.name == NONNEG:
-            inner = child.expressions[0]
+            # transform() does not walk into a node that replaces another: do it here.
+            inner = child.expressions[0].transform(swap)
             return inner if unclamped else exp.Case(
                 ifs=[exp.If(this=exp.LT(this=inner.copy(), expression=exp.Literal.number(0)),
                             true=exp.Literal.number(0))], default=inner)
+        if unclamped and isinstance(child, exp.GT) and child.meta.get(_POSITIVE):
+            return exp.NEQ(this=child.this.copy(), expression=child.expression.copy())
         return child
     body = node.copy().transform(swap)
+    if signed_roots:
+        body = body.transform(signed)
     return f"TRY({body.sql(dialect='duckdb')})"
 
 
@@ -425,8 +468,13 @@ def translate(
     principal: Principal,
     catalog: Catalog,
     schemas: Schemas,
+    centred: bool = False,
 ) -> DpQuery:
-    """Check a qualified query against ``dp`` mode and compile it (see the module doc)."""
+    """Check a qualified query against ``dp`` mode and compile it (see the module doc).
+
+    ``centred``: take sums of squares around the midpoint of each column's bounds (the
+    parts a network node merges, see :class:`Measure`).
+    """
     select = _check_shape(expression)
     table = next(select.find_all(exp.Table))
     access = access_for(catalog, table)
@@ -437,7 +485,7 @@ def translate(
         )
     source = list(columns_for(schemas, access))
     visible = dict(visible_columns(access, columns_for(schemas, access)))
-    tr = _Translator(access, visible)
+    tr = _Translator(access, visible, centred=centred)
 
     group = select.args.get("group")
     for node in group.expressions if group else []:
@@ -467,7 +515,8 @@ def translate(
                                    to=exp.DataType.build("BIGINT"))
             outputs.append(OutputColumn(
                 name, noisy=True, sql=render(release), measures=reads, single=single,
-                unclamped_sql=render(release, unclamped=True)))
+                unclamped_sql=render(release, unclamped=True),
+                spread_sql=render(release, unclamped=True, signed_roots=True)))
         by_name.setdefault(name, release)
 
     def post(node: exp.Expr, what: str) -> exp.Expr:

@@ -3,18 +3,15 @@
 The schemas are exactly the specification's (names, types, nullability): clients
 such as ADBC and the JDBC driver check them. :func:`annotate_schema` adds the
 ``ARROW:FLIGHT:SQL:*`` field metadata that clients show as column details,
-:func:`like_match` implements the SQL LIKE patterns of GetDbSchemas/GetTables,
-and :func:`xdbc_type_info_table` answers GetXdbcTypeInfo.
+and :func:`xdbc_type_info_table` answers GetXdbcTypeInfo. (The LIKE patterns of
+GetDbSchemas/GetTables are :mod:`gateway.flightsql.like`'s.)
 
 >>> CATALOGS_SCHEMA
 catalog_name: string not null
->>> like_match("screen%", "screenings"), like_match("a\\\\_b", "axb")
-(True, False)
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -236,42 +233,6 @@ def annotate_schema(
         md.update({(_PREFIX + k).encode(): v.encode() for k, v in given.items() if v is not None})
         fields.append(field.with_metadata(md))
     return pa.schema(fields, metadata=schema.metadata)
-
-
-# ---- LIKE patterns ------------------------------------------------------------
-
-
-def like_match(pattern: str | None, value: str | None, escape: str = "\\") -> bool:
-    """Whether ``value`` matches the SQL LIKE ``pattern`` (case-sensitive).
-
-    ``%`` matches any run of characters, ``_`` one character, and ``escape``
-    makes the next character literal. A ``None`` pattern matches everything.
-
-    >>> like_match("%", "x"), like_match("p_tients", "patients"), like_match("a%", "ba")
-    (True, True, False)
-    >>> like_match("100\\\\%", "100%"), like_match("100\\\\%", "1000")
-    (True, False)
-    """
-    if pattern is None:
-        return True
-    if value is None:
-        return False
-    return _like_regex(pattern, escape).fullmatch(value) is not None
-
-
-def _like_regex(pattern: str, escape: str) -> re.Pattern[str]:
-    out: list[str] = []
-    chars = iter(pattern)
-    for ch in chars:
-        if ch == escape:
-            out.append(re.escape(next(chars, escape)))
-        elif ch == "%":
-            out.append(".*")
-        elif ch == "_":
-            out.append(".")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
 
 
 # ---- XDBC type info -------------------------------------------------------------

@@ -8,16 +8,26 @@ The domain gateway and the network node are such subclasses.
 
 What the base does for every subclass:
 
-- statement queries: GetFlightInfo validates through ``query_schema`` and
+- statement queries: GetFlightInfo validates through ``execution_schema`` and
   returns a stateless ticket holding the query; DoGet runs it again, with the
   caller's identity.
 - prepared statements: random handles owned by ``session_owner`` (bounded per
   owner, see :mod:`gateway.flightsql.statements`); parameters bound by DoPut,
-  one row per execution. Several rows run one execution each and the results
-  are concatenated, in row order (they must have the same schema).
+  one row per execution. GetFlightInfo records the query and the parameters
+  bound at that moment as one execution, and its ticket names that execution
+  alone (for its owner only): rebinding does not change what an earlier ticket
+  fetches. The hooks get every parameter row at once and run them as one
+  request (the domain gateway applies its limits to the whole of it).
+- request limits (:class:`gateway.limits.RequestLimits`): the query text is
+  bounded wherever it arrives (command, prepared statement, ticket), and the
+  parameter rows of a DoPut while they are read.
 - metadata commands: answered from the hooks, filtered by the command's
   catalog, LIKE patterns and table types (so a hook may return a superset), with
-  the spec's schemas; their tickets are the command itself.
+  the spec's schemas; their tickets are the command itself. Patterns longer than
+  ``max_pattern_length`` are refused, the others are matched in linear time
+  (:mod:`gateway.flightsql.like`).
+- callers: :meth:`~FlightSqlServer.check_caller` runs first in every RPC, so a
+  subclass can refuse a caller in one place.
 - refusals: updates, ingestion, Substrait and transactions ("Stockade is
   read-only...").
 - results are streamed from the hook's reader, batches sliced to at most
@@ -46,13 +56,15 @@ from gateway import flight_errors
 from gateway.errors import InputError, NotSupportedError
 from gateway.flightsql import flight_session_pb2 as session_pb
 from gateway.flightsql import flight_sql_pb2 as pb
-from gateway.flightsql import schemas
+from gateway.flightsql import like, schemas
 from gateway.flightsql.sqlinfo import DEFAULT_SQL_INFO, sql_info_table
 from gateway.flightsql.statements import (
     PreparedStatements,
     decode_query_handle,
+    is_execution_ticket,
     query_handle,
 )
+from gateway.limits import RequestLimits
 
 log = logging.getLogger("stockade.flightsql")
 
@@ -258,8 +270,11 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
 
     ``max_batch_bytes`` bounds the size of every result batch sent;
     ``max_prepared_per_owner`` bounds each owner's open prepared statements
-    (the oldest is closed first). Other keyword arguments (``auth_handler``,
-    ``middleware``, ``tls_certificates``, ...) go to ``FlightServerBase``.
+    (the oldest is closed first) and remembered executions; ``limits`` bound
+    the query text and parameter rows of one request; ``max_pattern_length``
+    bounds the LIKE patterns of GetDbSchemas and GetTables. Other keyword arguments
+    (``auth_handler``, ``middleware``, ``tls_certificates``, ...) go to
+    ``FlightServerBase``.
     """
 
     def __init__(
@@ -268,14 +283,27 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         *,
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_prepared_per_owner: int = 1000,
+        max_pattern_length: int = like.DEFAULT_MAX_PATTERN_LENGTH,
+        limits: RequestLimits | None = None,
         **kwargs: Any,
     ) -> None:
         flight_errors.install()
         super().__init__(location, **kwargs)
         self.max_batch_bytes = max_batch_bytes
+        self.max_pattern_length = max_pattern_length
+        self.limits = limits or RequestLimits()
         self.prepared = PreparedStatements(max_prepared_per_owner)
 
     # ---- hooks (override in subclasses) ------------------------------------------
+
+    def check_caller(self, context: flight.ServerCallContext, action_type: str | None = None
+                     ) -> None:
+        """Raise if the caller may not make this call; runs first in every RPC.
+
+        ``action_type`` is the action's type for DoAction, else None. Default:
+        nothing to check (an authentication middleware may have refused the call
+        already).
+        """
 
     def sql_info(self) -> Mapping[int, object]:
         """The GetSqlInfo table, by info id (default: a read-only DuckDB server)."""
@@ -349,7 +377,11 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         query: str,
         parameters: pa.RecordBatch | None,
     ) -> pa.RecordBatchReader:
-        """Run ``query`` (with a one-row ``parameters`` batch, if any)."""
+        """Run ``query``, once per row of ``parameters`` if any, as one request.
+
+        The answers of the rows follow each other in row order (they must have the
+        same schema); limits the subclass applies cover all of them together.
+        """
         raise NotSupportedError("This server does not run queries")
 
     def session_owner(self, context: flight.ServerCallContext) -> str:
@@ -394,6 +426,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         """GetFlightInfo: the schema of a command and the ticket to fetch it."""
+        self.check_caller(context)
         schema, ticket = self._describe(context, descriptor, executing=True)
         endpoint = flight.FlightEndpoint(ticket, [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
@@ -403,6 +436,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         """GetSchema: the schema of a command."""
+        self.check_caller(context)
         return flight.SchemaResult(self._describe(context, descriptor)[0])
 
     @_guard
@@ -410,13 +444,22 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         self, context: flight.ServerCallContext, ticket: flight.Ticket
     ) -> flight.FlightDataStream:
         """DoGet: run a statement, a prepared statement or a metadata command."""
+        self.check_caller(context)
         name, cmd = unpack(ticket.ticket)
         if name == "TicketStatementQuery":
-            query = decode_query_handle(cmd.statement_handle)
-            return self._stream(self.execute_query(context, query, None))
+            handle = cmd.statement_handle
+            if is_execution_ticket(handle):
+                execution = self.prepared.execution(self.session_owner(context), handle)
+                query, parameters = execution.query, execution.parameters
+            else:
+                query, parameters = decode_query_handle(handle), None
+                self.limits.check_query(query)
+            return self._stream(self.execute_query(context, query, parameters))
         if name == "CommandPreparedStatementQuery":
-            stmt = self.prepared.get(self.session_owner(context), cmd.prepared_statement_handle)
-            return self._stream(self._execute_all(context, stmt.query, stmt.parameters))
+            # Not a ticket Stockade hands out: it would run whatever is bound by now.
+            self.prepared.get(self.session_owner(context), cmd.prepared_statement_handle)
+            raise InputError("A prepared statement command is not a ticket: fetch the "
+                             "ticket GetFlightInfo returned for it")
         if name in _METADATA_SCHEMAS:
             return flight.RecordBatchStream(self._metadata(context, name, cmd))
         raise InputError(f"'{name}' is not a ticket")
@@ -430,6 +473,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         writer: flight.FlightMetadataWriter,
     ) -> None:
         """DoPut: bind prepared statement parameters; everything else is refused."""
+        self.check_caller(context)
         name, cmd = unpack(self._command(descriptor))
         if name in _WRITES:
             raise NotSupportedError(READ_ONLY_MESSAGE)
@@ -440,9 +484,7 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         owner = self.session_owner(context)
         handle = cmd.prepared_statement_handle
         self.prepared.get(owner, handle)  # check ownership before reading
-        table = reader.read_all()
-        batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
-        self.prepared.bind(owner, handle, batch)
+        self.prepared.bind(owner, handle, self._read_parameters(reader))
         result = pb.DoPutPreparedStatementResult(prepared_statement_handle=handle)
         writer.write(pa.py_buffer(result.SerializeToString()))
 
@@ -452,11 +494,14 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> list[flight.Result]:
         """DoAction: prepared statements, sessions, and the subclass's own actions."""
         kind = action.type
+        self.check_caller(context, kind)
         body = action.body.to_pybytes() if action.body is not None else b""
         return [flight.Result(pa.py_buffer(r)) for r in self._action(context, kind, body)]
 
+    @_guard
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         """ListActions: the Flight SQL actions and the subclass's own."""
+        self.check_caller(context)
         return [*_FLIGHT_SQL_ACTIONS, *self.custom_actions()]
 
     # ---- internals -----------------------------------------------------------------------
@@ -482,20 +527,28 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         if name == "CommandStatementQuery":
             if cmd.HasField("transaction_id"):
                 raise NotSupportedError("Transactions are not supported: Stockade is read-only")
+            self.limits.check_query(cmd.query)
             if executing:
                 schema = self.execution_schema(context, cmd.query, None)
             else:
                 schema = self.query_schema(context, cmd.query, None)
             return schema, pack(pb.TicketStatementQuery(statement_handle=query_handle(cmd.query)))
         if name == "CommandPreparedStatementQuery":
-            stmt = self.prepared.get(self.session_owner(context), cmd.prepared_statement_handle)
-            schema = stmt.dataset_schema
-            params = stmt.parameters.slice(0, 1) if stmt.parameters is not None else None
-            if executing:
-                schema = self.execution_schema(context, stmt.query, params)
-            elif params is not None:
-                schema = self.query_schema(context, stmt.query, params)
-            return schema, data
+            owner = self.session_owner(context)
+            stmt = self.prepared.get(owner, cmd.prepared_statement_handle)
+            if not executing:
+                if stmt.parameters is None:
+                    return stmt.dataset_schema, data
+                return self.query_schema(context, stmt.query, stmt.parameters), data
+            # The ticket names this query with the parameters bound now, and nothing else
+            # (a DoPut while this runs binds values for the next GetFlightInfo).
+            parameters = stmt.parameters
+            schema = self.execution_schema(context, stmt.query, parameters)
+            ticket = self.prepared.execution_ticket(owner, cmd.prepared_statement_handle,
+                                                    parameters)
+            return schema, pack(pb.TicketStatementQuery(statement_handle=ticket))
+        if name in ("CommandGetDbSchemas", "CommandGetTables"):
+            self._patterns(cmd)  # refuse a bad pattern now, not at DoGet
         if name == "CommandGetTables" and cmd.include_schema:
             return schemas.TABLES_SCHEMA_WITH_SCHEMA, data
         if name in _METADATA_SCHEMAS:
@@ -517,35 +570,33 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
         batches = _guarded(slice_batches(reader, self.max_batch_bytes))
         return flight.GeneratorStream(reader.schema, batches)
 
-    def _execute_all(
-        self,
-        context: flight.ServerCallContext,
-        query: str,
-        parameters: pa.RecordBatch | None,
-    ) -> pa.RecordBatchReader:
-        """Run ``query`` once per parameter row and concatenate the results."""
-        if parameters is None or parameters.num_rows <= 1:
-            return self.execute_query(context, query, parameters)
-        first = self.execute_query(context, query, parameters.slice(0, 1))
-
-        def chained() -> Iterator[pa.RecordBatch]:
-            yield from first
-            for row in range(1, parameters.num_rows):
-                reader = self.execute_query(context, query, parameters.slice(row, 1))
-                if not reader.schema.equals(first.schema):
-                    raise InputError(
-                        "The parameter rows give results of different types: "
-                        "execute them one at a time"
-                    )
-                yield from reader
-
-        return pa.RecordBatchReader.from_batches(first.schema, chained())
+    def _read_parameters(self, reader: flight.MetadataRecordBatchReader
+                         ) -> pa.RecordBatch | None:
+        """The parameter rows of a DoPut, refused as soon as they pass the limits."""
+        batches: list[pa.RecordBatch] = []
+        rows = nbytes = 0
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                break
+            if chunk.data is None:
+                continue
+            rows += chunk.data.num_rows
+            nbytes += chunk.data.nbytes
+            self.limits.check_parameters(rows=rows, nbytes=nbytes)
+            batches.append(chunk.data)
+        if not rows:
+            return None
+        table = pa.Table.from_batches(batches, schema=reader.schema)
+        return table.combine_chunks().to_batches()[0]
 
     def _action(self, context: flight.ServerCallContext, kind: str, body: bytes) -> list[bytes]:
         if kind == "CreatePreparedStatement":
             _, request = self._action_body(body, "ActionCreatePreparedStatementRequest")
             if request.HasField("transaction_id"):
                 raise NotSupportedError("Transactions are not supported: Stockade is read-only")
+            self.limits.check_query(request.query)
             dataset = self.query_schema(context, request.query, None)
             params = self.parameter_schema(context, request.query)
             handle = self.prepared.create(
@@ -627,14 +678,31 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
             return _rows_table(rows, schemas.PRIMARY_KEYS_SCHEMA)
         return schemas.FOREIGN_KEYS_SCHEMA.empty_table()  # no foreign keys in Stockade
 
+    def _patterns(self, cmd: Any) -> dict[str, like.LikePattern | None]:
+        """The command's LIKE patterns, by field, compiled (None where absent).
+
+        Refuses one longer than ``max_pattern_length`` or ending with a lone escape.
+        """
+        out: dict[str, like.LikePattern | None] = {}
+        for field, what in (("db_schema_filter_pattern", "schema"),
+                            ("table_name_filter_pattern", "table name")):
+            if field not in cmd.DESCRIPTOR.fields_by_name or not cmd.HasField(field):
+                continue
+            text = getattr(cmd, field)
+            like.check_length(text, self.max_pattern_length, what)
+            out[field] = like.compile_like(text)
+        return out
+
     def _db_schemas(self, context: flight.ServerCallContext, cmd: Any) -> pa.Table:
         catalog = cmd.catalog if cmd.HasField("catalog") else None
-        pattern = cmd.db_schema_filter_pattern if cmd.HasField("db_schema_filter_pattern") else None
+        compiled = self._patterns(cmd).get("db_schema_filter_pattern")
+        pattern = cmd.db_schema_filter_pattern if compiled is not None else None
         rows = sorted(
             {
                 (cat, sch)
                 for cat, sch in self.list_schemas(context, catalog, pattern)
-                if (catalog is None or (cat or "") == catalog) and schemas.like_match(pattern, sch)
+                if (catalog is None or (cat or "") == catalog)
+                and (compiled is None or compiled.matches(sch))
             },
             key=lambda r: (r[0] or "", r[1]),
         )
@@ -642,15 +710,18 @@ class FlightSqlServer(flight.FlightServerBase):  # type: ignore[misc]
 
     def _tables(self, context: flight.ServerCallContext, cmd: Any) -> pa.Table:
         catalog = cmd.catalog if cmd.HasField("catalog") else None
-        s_pat = cmd.db_schema_filter_pattern if cmd.HasField("db_schema_filter_pattern") else None
-        t_pat = cmd.table_name_filter_pattern if cmd.HasField("table_name_filter_pattern") else None
+        patterns = self._patterns(cmd)
+        s_like = patterns.get("db_schema_filter_pattern")
+        t_like = patterns.get("table_name_filter_pattern")
+        s_pat = cmd.db_schema_filter_pattern if s_like is not None else None
+        t_pat = cmd.table_name_filter_pattern if t_like is not None else None
         types = list(cmd.table_types)
         infos = [
             t
             for t in self.list_tables(context, catalog, s_pat, t_pat, types)
             if (catalog is None or (t.catalog or "") == catalog)
-            and schemas.like_match(s_pat, t.db_schema or "")
-            and schemas.like_match(t_pat, t.name)
+            and (s_like is None or s_like.matches(t.db_schema or ""))
+            and (t_like is None or t_like.matches(t.name))
             and (not types or t.table_type in types)
         ]
         infos.sort(key=lambda t: (t.catalog or "", t.db_schema or "", t.name, t.table_type))

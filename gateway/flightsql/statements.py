@@ -1,9 +1,17 @@
-"""Prepared statements: an owner-scoped, bounded store, and stateless tickets.
+"""Prepared statements and their executions: owner-scoped, bounded stores, and tickets.
 
 A prepared statement handle is random (``secrets``) and only its owner may use
 it; anyone else is told "Prepared statement not found", the same answer as for
 a handle that never existed. Each owner holds at most ``max_per_owner`` open
 statements; creating one more closes the oldest.
+
+A result ticket names exactly one planned execution. For a prepared statement,
+GetFlightInfo records the statement's query and the parameters bound at that
+moment as an *execution* (:meth:`PreparedStatements.execution_ticket`) under a
+random id that only its owner can fetch: binding other values afterwards and
+asking again gives another ticket, and each ticket still fetches its own
+answer. Executions are bounded per owner (the oldest forgotten first) and in
+all, by count and by the bytes of their query and parameters.
 
 Statement-query tickets carry the query text itself (:func:`query_handle`):
 DoGet re-runs the whole path with the caller's identity, so a forged ticket is
@@ -16,6 +24,12 @@ no more than a query the caller could have sent.
 >>> store.get("bob", h1)
 Traceback (most recent call last):
 gateway.errors.NotFoundError: Prepared statement not found
+>>> ticket = store.execution_ticket("ann", h1, None)
+>>> store.execution("ann", ticket).query, is_execution_ticket(ticket)
+('SELECT 1', True)
+>>> store.execution("bob", ticket)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+gateway.errors.NotFoundError: Result ticket not found...
 >>> decode_query_handle(query_handle("SELECT 2"))
 'SELECT 2'
 """
@@ -32,6 +46,10 @@ import pyarrow as pa
 from gateway.errors import InputError, NotFoundError
 
 _QUERY_MAGIC = b"stockade-q1:"
+_EXECUTION_MAGIC = b"stockade-x1:"
+#: The most executions remembered, in all and their bytes (query text and parameters).
+MAX_EXECUTIONS = 10_000
+MAX_EXECUTION_BYTES = 256 * 1024 * 1024
 
 
 def query_handle(query: str) -> bytes:
@@ -49,6 +67,24 @@ def decode_query_handle(handle: bytes) -> str:
         raise InputError("Invalid statement ticket: run the query again") from None
 
 
+def is_execution_ticket(handle: bytes) -> bool:
+    """Whether a statement handle names an execution (see :meth:`PreparedStatements.execution`)."""
+    return handle.startswith(_EXECUTION_MAGIC)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One planned execution of a prepared statement: its query and parameters, as bound."""
+
+    owner: str
+    query: str
+    parameters: pa.RecordBatch | None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.query) + (self.parameters.nbytes if self.parameters is not None else 0)
+
+
 @dataclass
 class PreparedStatement:
     """One open prepared statement."""
@@ -64,10 +100,17 @@ class PreparedStatement:
 class PreparedStatements:
     """The open prepared statements of a server, by handle and owner (thread-safe)."""
 
-    def __init__(self, max_per_owner: int = 1000) -> None:
+    def __init__(self, max_per_owner: int = 1000, *, max_executions: int = MAX_EXECUTIONS,
+                 max_execution_bytes: int = MAX_EXECUTION_BYTES) -> None:
         self.max_per_owner = max_per_owner
         self._lock = threading.Lock()
         self._by_owner: dict[str, OrderedDict[bytes, PreparedStatement]] = {}
+        # (owner, id) -> execution, oldest first; how many each owner has; their bytes.
+        self.max_executions = max_executions
+        self.max_execution_bytes = max_execution_bytes
+        self._executions: OrderedDict[tuple[str, bytes], Execution] = OrderedDict()
+        self._executions_of: dict[str, int] = {}
+        self._execution_bytes = 0
 
     def create(
         self, owner: str, query: str, dataset_schema: pa.Schema, parameter_schema: pa.Schema
@@ -106,6 +149,46 @@ class PreparedStatements:
                 del self._by_owner[owner]
         if stmt is None:
             raise NotFoundError("Prepared statement not found")
+
+    def execution_ticket(self, owner: str, handle: bytes,
+                         parameters: pa.RecordBatch | None) -> bytes:
+        """Record the statement's query with ``parameters``; the handle of a ticket for it."""
+        stmt = self.get(owner, handle)
+        with self._lock:
+            execution = Execution(owner, stmt.query, parameters)
+            key = (owner, secrets.token_hex(16).encode("ascii"))
+            self._executions[key] = execution
+            self._executions_of[owner] = self._executions_of.get(owner, 0) + 1
+            self._execution_bytes += execution.nbytes
+            self._forget_executions(owner)
+        return _EXECUTION_MAGIC + key[1]
+
+    def _forget_executions(self, owner: str) -> None:
+        """Drop the oldest executions past the bounds (the lock is held)."""
+        if self._executions_of.get(owner, 0) > self.max_per_owner:
+            oldest = next(k for k in self._executions if k[0] == owner)
+            self._drop_execution(oldest)
+        while self._executions and (len(self._executions) > self.max_executions
+                                    or self._execution_bytes > self.max_execution_bytes):
+            self._drop_execution(next(iter(self._executions)))
+
+    def _drop_execution(self, key: tuple[str, bytes]) -> None:
+        execution = self._executions.pop(key)
+        self._execution_bytes -= execution.nbytes
+        left = self._executions_of[key[0]] - 1
+        if left:
+            self._executions_of[key[0]] = left
+        else:
+            del self._executions_of[key[0]]
+
+    def execution(self, owner: str, handle: bytes) -> Execution:
+        """The execution a ticket names, for its owner only (NotFoundError for anyone else)."""
+        with self._lock:
+            found = self._executions.get((owner, handle[len(_EXECUTION_MAGIC):]))
+        if found is None or not is_execution_ticket(handle):
+            raise NotFoundError("Result ticket not found (results are kept for their owner, "
+                                "for a while): execute the statement again")
+        return found
 
     def count(self, owner: str) -> int:
         """How many statements ``owner`` has open."""
