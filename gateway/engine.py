@@ -10,7 +10,9 @@ the tables it had to copy (Arrow IPC files, in-process frames), then reopens it
   temp and ``dp-snapshots`` directories;
 - extension autoload/autoinstall off, community extensions off;
 - memory and thread limits, a private temp directory;
-- configuration locked, so analyst SQL cannot undo any of it.
+- configuration locked, so analyst SQL cannot undo any of it;
+- ENUM columns served as VARCHAR, since an ENUM's type names its values
+  (:mod:`gateway.source_types`).
 
 For ``dp`` tables with a privacy unit whose source is files or a copy, the
 engine also draws a per-unit sample once, attaches it read-only, and keeps it
@@ -21,9 +23,10 @@ Queries run on a ``cursor()`` of the one warm database; each has a timeout
 enforced by interrupting its cursor. When the policy is replaced, the gateway
 builds a new engine and :meth:`Engine.retire` s the old one: streams still
 reading from it finish, and it closes (and deletes its directory) when the last
-one ends. Engine errors are turned into
-:class:`gateway.errors.QueryFailedError` with quoted values scrubbed
-(invariant 5: errors never carry values of protected data).
+one ends. Engine errors are turned into :class:`gateway.errors.QueryFailedError`
+(:func:`engine_error`; invariant 5: errors never carry values of protected data): a
+fixed message of its class for an error raised while reading rows, the text scrubbed
+of literals for an error about the SQL found while binding.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from gateway.snapshots import (
     ContributionBound,
     SnapshotChange,
 )
+from gateway.source_types import plain_select
 from policy.totality import DISABLED_OPTIMIZERS
 
 log = logging.getLogger("stockade.engine")
@@ -360,12 +364,15 @@ class Engine(Retiring):
             for (ds, table), plan in self._plans.items():
                 name = f"{identifier(ds)}.{identifier(table)}"
                 try:
+                    # ENUM columns are served as VARCHAR: an ENUM's type names its
+                    # values, and DuckDB prints types in errors (gateway.source_types).
                     if plan.arrow is not None:
                         build.register("__stockade_arrow", plan.arrow)
-                        build.execute(f"CREATE TABLE {name} AS SELECT * FROM __stockade_arrow")
+                        select = plain_select(build, "SELECT * FROM __stockade_arrow")
+                        build.execute(f"CREATE TABLE {name} AS {select}")
                         build.unregister("__stockade_arrow")
                     else:
-                        build.execute(f"CREATE VIEW {name} AS {plan.select}")
+                        build.execute(f"CREATE VIEW {name} AS {plain_select(build, plan.select)}")
                         build.execute(f"SELECT * FROM {name} LIMIT 0")
                 except duckdb.Error as exc:
                     raise _source_error("read", ds, table, plan, exc) from None

@@ -80,6 +80,7 @@ import pyarrow as pa
 
 from connectors._sql import identifier, string_literal
 from connectors.base import SourcePlan
+from gateway.source_types import plain_select
 
 log = logging.getLogger("stockade.snapshots")
 
@@ -89,7 +90,7 @@ CATALOG_PREFIX = "__dp_bounded_"
 TABLE = "bounded"
 _RANDOM = "__stockade_random"
 _ROW = "__stockade_row"
-_FORMAT = 1  # bump when the way snapshots are built changes
+_FORMAT = 2  # bump when the way snapshots are built changes (2: ENUMs as VARCHAR)
 _CHUNK = 1 << 20
 
 
@@ -324,6 +325,7 @@ class BoundedSnapshots:
             if plan.arrow is not None:
                 con.register("__stockade_arrow", plan.arrow)
                 select = "SELECT * FROM __stockade_arrow"
+            select = plain_select(con, select)  # no ENUM, as in the engine's views
             columns = [str(row[0]) for row in con.execute(f"DESCRIBE {select}").fetchall()]
             by_lower = {c.lower(): c for c in columns}
             unit = by_lower.get(bound.unit.lower())

@@ -35,6 +35,7 @@ from gateway.errors import (
 from policy.functions import function_name, is_allowed
 from policy.locate import location
 from policy.rules.check_functions import _name_location
+from policy.rules.check_types import check_types
 from policy.rules.parse import parse
 
 FEDERATED = "federated"
@@ -421,7 +422,7 @@ class _Splitter:
                 name = function_name(func)
                 raise _located(ForbiddenFunctionError,
                                f"Function '{name}' is not allowed in {clause.upper()}", func)
-        return rewritten
+        return check_types(rewritten)  # the network's DuckDB knows built-in types only
 
     def _final(self, select: exp.Select, outputs: list[Output]) -> exp.Select:
         final = exp.Select().from_(MERGED)

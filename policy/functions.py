@@ -204,6 +204,23 @@ def duckdb_function_types() -> Mapping[str, frozenset[str]]:
     return {name: frozenset(k) for name, k in kinds.items()}
 
 
+@functools.lru_cache(maxsize=1)
+def duckdb_type_names() -> frozenset[str]:
+    """DuckDB's built-in type names and aliases, lowercased (``varchar``, ``hugeint``, ...).
+
+    Read once from a fresh in-memory connection, which holds no type of anyone's.
+
+    >>> {"varchar", "hugeint", "varint"} <= duckdb_type_names()
+    True
+    """
+    con = duckdb.connect(":memory:")
+    try:
+        rows = con.execute("SELECT DISTINCT lower(type_name) FROM duckdb_types()").fetchall()
+    finally:
+        con.close()
+    return frozenset(str(name) for (name,) in rows)
+
+
 #: Kinds of DuckDB function that can be called inside an expression.
 EXPRESSION_KINDS = frozenset({"scalar", "aggregate", "macro"})
 

@@ -49,6 +49,7 @@ from policy.rules.check_costs import check_costs
 from policy.rules.check_functions import check_functions
 from policy.rules.check_joins import check_joins
 from policy.rules.check_modes import check_modes
+from policy.rules.check_types import check_types
 from policy.rules.enforce_aggregate import enforce_aggregate
 from policy.rules.enforce_limits import enforce_limits
 from policy.rules.parse import parse
@@ -65,6 +66,7 @@ RULES: tuple[Rule, ...] = (
     resolve_tables,
     check_modes,
     check_functions,
+    check_types,
     check_costs,
     qualify_columns,
     check_joins,

@@ -354,6 +354,15 @@ def test_result_schema_without_running_or_charging(env: DpEnv) -> None:
     assert {k: v for k, v in answer.items() if k in schema.metadata} == schema.metadata
 
 
+def test_result_schema_has_the_names_of_the_query_asked(env: DpEnv) -> None:
+    # Two queries that measure the same thing under other names (a network asks a domain
+    # for the schema of its part, ``COUNT(*) AS __p0``, after the analyst's ``AS n``).
+    first = env.dp.result_schema(env.plan("SELECT site, COUNT(*) AS n FROM visits GROUP BY site"))
+    second = env.dp.result_schema(
+        env.plan("SELECT site AS __g0, COUNT(*) AS __p0 FROM visits GROUP BY site"))
+    assert (first.names, second.names) == (["site", "n"], ["__g0", "__p0"])
+
+
 BOUNDED = ("health: {mode: dp, epsilon_per_query: 0.5, min_epsilon_per_query: 0.1, "
            "max_epsilon_per_query: 1, budget: {epsilon: 5.0, delta: 1.0e-4}}")
 

@@ -113,6 +113,28 @@ def test_errors_about_the_sql_keep_their_text(engine):
         eng.execute('SELECT nosuchcolumn FROM "ds"."t" WHERE name = \'secret\'').read_all()
 
 
+def test_enum_columns_are_served_as_varchar(tmp_path: Path) -> None:
+    # An ENUM's type names its values, and DuckDB prints types in errors and typeof().
+    con = duckdb.connect(str(tmp_path / "src.duckdb"))
+    con.execute("CREATE TYPE mood AS ENUM ('ok', 'RARE-SECRET-1')")
+    con.execute("CREATE TABLE t AS SELECT CAST('ok' AS mood) AS m, "
+                "[CAST('ok' AS mood)] AS ms FROM range(2)")
+    con.close()
+    eng = Engine(tmp_path / "work")
+    eng.add_table("ds", "t", connectors.get("duckdb").plan(
+        {"format": "duckdb", "path": "src.duckdb", "table": "t"}, base_dir=tmp_path, alias="a"))
+    eng.start()
+    try:
+        assert eng.columns("ds", "t") == {"m": "VARCHAR", "ms": "VARCHAR[]"}
+        got = eng.execute('SELECT typeof(m) AS t, m FROM "ds"."t"').read_all().to_pylist()
+        assert got == [{"t": "VARCHAR", "m": "ok"}] * 2
+        with pytest.raises(QueryFailedError) as info:
+            eng.execute('SELECT m + 1 FROM "ds"."t"').read_all()
+        assert "RARE" not in str(info.value)
+    finally:
+        eng.close()
+
+
 def test_scrub_removes_values_and_sql_echo():
     text = "Conversion Error: Could not convert string 'Alice' to INT32\n\nLINE 1: SELECT 'Alice'"
     assert scrub_message(text, values=True) == (

@@ -65,6 +65,7 @@ from policy.model import Policy
 from policy.principal import Principal
 from policy.rules.check_costs import check_costs
 from policy.rules.check_functions import check_functions
+from policy.rules.check_types import check_types
 from policy.rules.parse import parse
 from policy.rules.qualify_columns import qualify_columns
 from policy.rules.resolve_tables import resolve_tables
@@ -87,7 +88,8 @@ FAILED_AFTER_CHARGE = (
     "keys, and check the cost first with stockade.cost."
 )
 
-_RULES = (validate_statement, resolve_tables, check_functions, check_costs, qualify_columns)
+_RULES = (validate_statement, resolve_tables, check_functions, check_types, check_costs,
+          qualify_columns)
 
 
 class DpFailedError(QueryFailedError):
@@ -240,8 +242,11 @@ class PrivateQueries:
     def _priced_plan(self, plan: DpPlan) -> _Priced:
         """Mechanisms and cost of ``plan`` (memoised per query, ε and δ)."""
         q = plan.query
+        # The answer's shape is in the key too: the entry keeps the checked answer schema,
+        # whose names are the analyst's (``count(*) AS n`` and ``AS m`` measure the same).
         key = (q.aggregate_sql, q.relation_sql, repr(plan.epsilon), repr(plan.delta),
-               q.access.max_rows_per_unit, q.access.privacy_unit is not None)
+               q.access.max_rows_per_unit, q.access.privacy_unit is not None,
+               q.outputs, q.having, q.order, q.limit)
         with self._lock:
             found = self._priced.get(key)
             if found is not None:
