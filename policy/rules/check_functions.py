@@ -13,6 +13,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from gateway.errors import ForbiddenFunctionError, did_you_mean
+from policy.calls import duckdb_call
 from policy.functions import allowed_names, function_name, is_allowed
 from policy.locate import location
 from policy.model import Policy
@@ -60,6 +61,7 @@ def check_functions(
         extra = policy.functions_for(principal.role)
     for node in expression.find_all(exp.Func):
         if is_allowed(node, extra_names=extra):
+            _check_part(node)
             continue
         line, col = _name_location(node)
         if isinstance(node, exp.Columns):
@@ -73,3 +75,45 @@ def check_functions(
             col=col,
         )
     return expression
+
+
+#: Calls whose first argument names a part of a date (``'year'``, ``'epoch'``, …). DuckDB
+#: 1.5.5 fails for every user of the database afterwards when such a part comes from the
+#: data and is one it cannot extract from a TIMESTAMPTZ (``'epoch'``: "Unsupported ICU
+#: BIGINT extractor", then "database has been invalidated"), so the part is written in
+#: the query, in every mode (invariant 9: one request cannot harm others).
+DATE_PART_CALLS = frozenset({"date_part", "datepart", "date_diff", "datediff", "date_sub",
+                             "datesub", "date_trunc", "datetrunc"})
+
+
+#: Date parts written as bare words (``date_diff(day, a, b)``); any other bare word is a
+#: column.
+_PARTS = frozenset("""
+    year month day hour minute second millisecond microsecond nanosecond week quarter decade
+    century millennium dow doy isodow isoyear epoch era julian timezone timezone_hour
+    timezone_minute yearweek dayofweek dayofyear weekday weekofyear dayofmonth
+    """.split())
+
+
+def _check_part(node: exp.Func) -> None:
+    """Refuse a date part that is not written in the query (see :data:`DATE_PART_CALLS`).
+
+    >>> import sqlglot
+    >>> _check_part(sqlglot.parse_one("date_part('year', ts)", read="duckdb"))
+    >>> try:
+    ...     _check_part(sqlglot.parse_one("date_part(p, ts)", read="duckdb"))
+    ... except ForbiddenFunctionError as err:
+    ...     print(err.message.split(";")[0])
+    The date part of 'date_part' must be written in the query
+    """
+    call = duckdb_call(node)
+    if call is None or call[0] not in DATE_PART_CALLS or not call[1]:
+        return
+    part = call[1][0]
+    if part is None or (isinstance(part, exp.Literal) and part.is_string) \
+            or (isinstance(part, exp.Var) and part.name.lower().rstrip("s") in _PARTS):
+        return
+    line, col = location(part)
+    raise ForbiddenFunctionError(
+        f"The date part of '{call[0]}' must be written in the query; a part taken from "
+        "the data is not allowed (write e.g. 'year', 'month' or 'day')", line=line, col=col)
