@@ -320,7 +320,9 @@ def test_every_query_has_the_same_outcome_on_neighbouring_datasets(
                     leaking.append((sql, text))
     assert not differing, differing[:10]
     assert not leaking, leaking[:10]
-    assert refused > 100 and ran > 10 * refused
+    # The corpus is mostly answerable (a date part from the data is refused in every
+    # mode, by check_functions, which adds refusals here).
+    assert refused > 100 and ran > 5 * refused
 
 
 def test_group_keys_out_of_pythons_range_do_not_decide_the_outcome(
@@ -423,6 +425,9 @@ def test_adbc_outcomes_are_the_same_on_neighbouring_gateways(gateways) -> None: 
         assert CANARY not in text_a + text_b and CANARY_NUMBER not in text_a + text_b
         if expected == "refused":
             assert text_a == text_b, sql
-            assert "can fail on a value of the data" in text_a, text_a
+            # policy.totality's refusal, or check_functions' for a date part from the
+            # data (refused in every mode): both at plan time, from the SQL alone.
+            assert ("can fail on a value of the data" in text_a
+                    or "must be written in the query" in text_a), text_a
             after = [d.ledger.balance("eve", "clinic").spent_epsilon for d in domains]
             assert after == spent, sql  # refused before anything was charged

@@ -202,19 +202,34 @@ def test_parameter_rows_share_one_row_cap(lab: Lab, connect: Any) -> None:
     assert meta.get(b"stockade.max_rows") == b"20"
 
 
+def _query_of_cost(factor: int) -> str:
+    """A query over bulk.numbers whose run costs about ``factor`` times one scan."""
+    copies = ", ".join(f"({k})" for k in range(factor))
+    return ("SELECT count(DISTINCT n.id * 64 + m.k + ?) AS n FROM bulk.numbers AS n, "
+            f"(VALUES {copies}) AS m(k) WHERE n.id < 1000000")
+
+
 def test_parameter_rows_share_one_deadline(connect: Any) -> None:
     # Each row is well within the 3 s limit on its own; all of them together are not.
+    # The role's max_rows (20) stops a request after 20 one-row answers, so the rows are
+    # made heavy enough that 20 of them take about three times the limit.
     conn = connect("cap")
-    sql = "SELECT count(DISTINCT id + ?) AS n FROM bulk.numbers WHERE id < 1000000"
-    times = []
-    for _ in range(2):
-        started = time.perf_counter()
-        assert run(conn, sql, (1,)).column("n").to_pylist() == [1_000_000]
-        times.append(time.perf_counter() - started)
-    one = min(times)
+
+    def timed(sql: str) -> float:
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            assert run(conn, sql, (1,)).num_rows == 1
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    base = timed(_query_of_cost(1))
+    factor = max(1, min(40, math.ceil(0.45 / base)))  # about 0.45 s a row
+    sql = _query_of_cost(factor)
+    one = timed(sql)
     assert one < 2.0, f"one row took {one:.2f} s: too slow a machine for this test"
-    rows = math.ceil(3 * 3.0 / one) + 1  # about 3x the limit in all
-    assert rows <= MAX_PARAMETER_ROWS, f"one row took {one:.2f} s: make the query slower"
+    rows = 20  # the role's max_rows: one answer row per parameter row
+    assert rows * one > 2 * 3.0, f"20 rows take {rows * one:.2f} s: make the query slower"
     started = time.perf_counter()
     err = error_of(conn, sql, pa.record_batch({"0": list(range(rows))}))
     elapsed = time.perf_counter() - started

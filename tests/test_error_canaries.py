@@ -342,8 +342,10 @@ EXAMPLES: dict[str, tuple[str, bool]] = {
     "tinyint": ("SELECT sum(CAST(t.age AS TINYINT)) AS s FROM {t} AS t", True),
     "decimal": ("SELECT count(*) AS n FROM {t} AS t WHERE CAST(t.score AS DECIMAL(4, 1)) > 0",
                 True),
+    # A date part from the data is refused at plan time in every mode (it can invalidate
+    # DuckDB's database): nothing runs, nothing is echoed.
     "date_part": ("SELECT count(*) AS n FROM {t} AS t WHERE date_part(CASE WHEN "
-                  f"{RARE} THEN t.diag ELSE 'year' END, t.visit) > 0", True),
+                  f"{RARE} THEN t.diag ELSE 'year' END, t.visit) > 0", False),
     "strptime": ("SELECT count(*) AS n FROM {t} AS t WHERE strptime(CASE WHEN "
                  f"{RARE} THEN t.diag ELSE '2020' END, '%Y') IS NOT NULL", True),
     "strftime": ("SELECT count(*) AS n FROM {t} AS t WHERE strftime(t.visit, CASE WHEN "
@@ -358,7 +360,7 @@ EXAMPLES: dict[str, tuple[str, bool]] = {
     "json_path": ("SELECT count(*) AS n FROM {t} AS t WHERE json_extract_string(CASE WHEN "
                   f"{RARE} THEN t.note ELSE '{{}}' END, '$.a') IS NOT NULL", True),
     "date_trunc": ("SELECT count(*) AS n FROM {t} AS t WHERE date_trunc(CASE WHEN "
-                   f"{RARE} THEN t.diag ELSE 'month' END, t.visit) IS NOT NULL", True),
+                   f"{RARE} THEN t.diag ELSE 'month' END, t.visit) IS NOT NULL", False),
     "interval": ("SELECT count(*) AS n FROM {t} AS t WHERE CAST(CASE WHEN "
                  f"{RARE} THEN t.diag ELSE '1 day' END AS INTERVAL) IS NOT NULL", True),
     "base64": ("SELECT count(*) AS n FROM {t} AS t WHERE from_base64(CASE WHEN "
