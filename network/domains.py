@@ -171,9 +171,14 @@ class DomainLink:
         the ``Bearer …`` value to send with every later call."""
         try:
             _, value = self.client.authenticate_basic_token(user, credential, self.options())
+            token = value.decode() if isinstance(value, bytes) else str(value)
+            # A domain that throttles a much-refused user name decides its login at the
+            # first call after the handshake (gateway.auth's deferred logins): make that
+            # call now, so a refusal is seen as one here and not later as a broken call.
+            list(self.client.list_actions(self.options(token)))
         except Exception as exc:
             raise self.error(exc) from None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return token
 
     def ping(self, timeout_s: float) -> None:
         """A cheap call without credentials: returns if the domain answers at all.
