@@ -77,6 +77,15 @@ class RequestLimits:
     max_parameter_rows: int = 1_000
     max_parameter_bytes: int = 1024 * 1024
 
+    @classmethod
+    def of(cls, settings: object) -> RequestLimits:
+        """The limits held by ``settings`` under the same names (a gateway's or a network's).
+
+        >>> RequestLimits.of(RequestLimits(max_query_depth=10)).max_query_depth
+        10
+        """
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+
     def check_query(self, sql: str) -> None:
         """Refuse a query text longer than ``max_query_bytes``."""
         size = len(sql.encode("utf-8", "surrogatepass"))

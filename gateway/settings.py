@@ -121,10 +121,7 @@ class Settings:
     @property
     def request_limits(self) -> RequestLimits:
         """What one request may ask (:mod:`gateway.limits`)."""
-        return RequestLimits(
-            max_query_bytes=self.max_query_bytes, max_query_nodes=self.max_query_nodes,
-            max_query_depth=self.max_query_depth, max_parameter_rows=self.max_parameter_rows,
-            max_parameter_bytes=self.max_parameter_bytes)
+        return RequestLimits.of(self)
 
 
 def load_settings(given: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:

@@ -103,10 +103,7 @@ class NetworkSettings:
 
     @property
     def request_limits(self) -> RequestLimits:
-        return RequestLimits(
-            max_query_bytes=self.max_query_bytes, max_query_nodes=self.max_query_nodes,
-            max_query_depth=self.max_query_depth, max_parameter_rows=self.max_parameter_rows,
-            max_parameter_bytes=self.max_parameter_bytes)
+        return RequestLimits.of(self)
 
 
 SETTING_KEYS = tuple(NetworkSettings.__dataclass_fields__)
